@@ -1,0 +1,329 @@
+"""Channel analysis of a Keras graph: units, unit groups and the classifier (DESIGN §2–§3).
+
+A *unit* is a set of tensors whose channel axes must be split the same way because a
+channel-wise op or an elementwise merge joins them. Units come in three kinds:
+
+- *free*: produced by a channel-mixing layer (Conv2D, Dense, ...). The architecture decides
+  how its channels are partitioned among the stages.
+- *derived*: produced by a Concatenate, a Flatten, or a depthwise/grouped conv that changes the
+  channel count. Its per-stage channels follow from its inputs' and are never chosen.
+- *shared*: computed from the input image before any channel-mixing layer (the image itself,
+  `Rescaling`, `Normalization`, padding): computed once and visible to every stage.
+
+Unit groups are consecutive free units with the same spatial size (a ResNet's resolution
+stages); the architecture picks one channel fraction per stage and unit group.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+
+from s2dnas_tf import graph as graph_lib
+from s2dnas_tf import rules as rules_lib
+
+
+@dataclasses.dataclass
+class Unit:
+    """A free unit: the channels of one or more tensors that are split together.
+
+    Attributes:
+        index: Position among free units (topological order of first tensor).
+        root: Union-find root key of its tensors.
+        channels: Number of channels.
+        quantum: The partition boundaries are multiples of this (grouped convs need whole
+            groups).
+        group: Index of its unit group.
+        tensors: Keys of its tensors.
+    """
+
+    index: int
+    root: int
+    channels: int
+    quantum: int
+    group: int
+    tensors: list[int]
+
+
+@dataclasses.dataclass
+class UnitGroup:
+    """Consecutive free units with the same spatial size.
+
+    Attributes:
+        index: Position (0-based) in the network, input side first.
+        resolution: (H, W) of the group's feature maps, or None for vector units before any
+            spatial one.
+        units: Indices of its units.
+    """
+
+    index: int
+    resolution: tuple | None
+    units: list[int]
+
+    @property
+    def label(self) -> str:
+        if self.resolution is None:
+            return "vector"
+        return "x".join(str(d) for d in self.resolution)
+
+
+class Analysis:
+    """The result of analysing a model: graph, units, unit groups, classifier.
+
+    Build with `analyse(model)`.
+    """
+
+    def __init__(self, graph: graph_lib.Graph):
+        self.graph = graph
+        self._parent: dict[int, int] = {k: k for k in graph.tensors}
+        self._free: set[int] = set()
+        self._derived: set[int] = set()
+        self._quantum: dict[int, int] = {}
+        self.shared: set[int] = set(graph.inputs)
+        self.classifier: graph_lib.OpNode | None = None
+        self.tail: list[graph_lib.OpNode] = []  # a trailing softmax, dropped by the rewriter
+        self.rules: dict[int, rules_lib.LayerRule] = {}
+        self.units: list[Unit] = []
+        self.groups: list[UnitGroup] = []
+        self._unit_of_root: dict[int, Unit] = {}
+        self._group_of_tensor: dict[int, int] = {}
+
+    # --- union-find, used by the rules' `analyse` ---------------------------------------
+
+    def find(self, key: int) -> int:
+        root = key
+        while self._parent[root] != root:
+            root = self._parent[root]
+        while self._parent[key] != root:  # path compression
+            self._parent[key], key = root, self._parent[key]
+        return root
+
+    def union(self, a: int, b: int, node: graph_lib.OpNode) -> None:
+        """Declares that tensors `a` and `b` share their channel partition."""
+        ta, tb = self.graph.tensors[a], self.graph.tensors[b]
+        if ta.channels != tb.channels:
+            raise ValueError(
+                f"Layer {node.name!r} ({type(node.layer).__name__}) joins tensors with "
+                f"{ta.channels} and {tb.channels} channels; s2dnas_tf needs the channel axes of "
+                "elementwise-joined tensors to match (broadcasting one channel over many is "
+                "not supported)."
+            )
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        self._parent[rb] = ra
+        for marks in (self._free, self._derived):
+            if rb in marks:
+                marks.discard(rb)
+                marks.add(ra)
+        qa, qb = self._quantum.pop(ra, 1), self._quantum.pop(rb, 1)
+        self._quantum[ra] = max(qa, qb)
+        if ra in self._free and ra in self._derived:
+            raise ValueError(
+                f"Layer {node.name!r} ({type(node.layer).__name__}) joins the output of a "
+                "channel-mixing layer with a concatenation, flatten or channel-multiplying "
+                "conv output. Their channels cannot be split consistently; this pattern is "
+                "not supported."
+            )
+
+    def mark_free(self, key: int) -> None:
+        self._free.add(self.find(key))
+        self._check_kinds(key)
+
+    def mark_derived(self, key: int) -> None:
+        self._derived.add(self.find(key))
+        self._check_kinds(key)
+
+    def require_quantum(self, key: int, quantum: int) -> None:
+        root = self.find(key)
+        self._quantum[root] = max(self._quantum.get(root, 1), quantum)
+
+    def _check_kinds(self, key):
+        root = self.find(key)
+        if root in self._free and root in self._derived:
+            raise ValueError(
+                "A tensor is both produced by a channel-mixing layer and derived from a "
+                "concatenation; this pattern is not supported."
+            )
+
+    # --- queries used by transform -------------------------------------------------------
+
+    def is_shared(self, key: int) -> bool:
+        return key in self.shared
+
+    def unit_of(self, key: int) -> Unit | None:
+        """The free unit a tensor belongs to, or None (shared or derived tensors)."""
+        return self._unit_of_root.get(self.find(key))
+
+    def group_of_tensor(self, key: int) -> int:
+        return self._group_of_tensor[key]
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    # --- the pass ------------------------------------------------------------------------
+
+    def run(self) -> "Analysis":
+        self._find_classifier()
+        problems = []
+        tail_ids = {id(n) for n in self.tail}
+        for node in self.graph.nodes:
+            if id(node) in tail_ids:
+                continue
+            try:
+                rule = rules_lib.rule_for(node.layer)
+                rule.check(node, self.graph)
+            except rules_lib.UnsupportedLayerError as e:
+                problems.append(str(e))
+                continue
+            self.rules[node.index] = rule
+        if problems:
+            raise ValueError(
+                f"Model {self.graph.model_name!r} has layers s2dnas_tf cannot split:\n  - "
+                + "\n  - ".join(problems)
+                + "\nSupported layer classes: "
+                + ", ".join(rules_lib.supported_layer_names())
+                + ". Register a rule for a new layer type with "
+                "s2dnas_tf.rules.register_rule (see WORKSPACE.md)."
+            )
+        for node in self.graph.nodes:
+            if id(node) in tail_ids:
+                continue
+            rule = self.rules[node.index]
+            in_shared = [k in self.shared for k in node.inputs]
+            if node is self.classifier:
+                continue
+            if all(in_shared) and rule.kind != "mixing":
+                self.shared.update(node.outputs)
+                continue
+            if any(in_shared) and rule.kind != "mixing":
+                raise ValueError(
+                    f"Layer {node.name!r} ({type(node.layer).__name__}) joins a tensor computed "
+                    "from the input image alone with one computed by the network's layers; "
+                    "s2dnas_tf cannot give each stage its own slice of such a join."
+                )
+            rule.analyse(node, self)
+        self._build_units()
+        return self
+
+    def _find_classifier(self):
+        out_key = self.graph.outputs[0]
+        node = self._producer(out_key)
+        if node is not None and _is_softmax_layer(node.layer):
+            self.tail = [node]
+            node = self._producer(node.inputs[0])
+        if node is None or not rules_lib.is_classifier_layer(node.layer):
+            got = "the input" if node is None else f"{node.name!r} ({type(node.layer).__name__})"
+            raise ValueError(
+                f"Model {self.graph.model_name!r}: the output must come from a Dense classifier "
+                "(or a 1x1 Conv2D), optionally followed by a softmax Activation/Softmax layer. "
+                f"Received: output produced by {got}."
+            )
+        activation = getattr(node.layer, "activation", None)
+        act_name = getattr(activation, "__name__", str(activation))
+        if act_name not in ("linear", "softmax"):
+            raise ValueError(
+                f"Classifier {node.name!r} has activation {act_name!r}; s2dnas_tf needs logits "
+                "(activation None/'linear') or 'softmax' (dropped: each stage outputs logits)."
+            )
+        self.classifier = node
+
+    def _producer(self, key):
+        producer = self.graph.tensors[key].producer
+        return None if producer is None else self.graph.nodes[producer]
+
+    def _build_units(self):
+        tensors = self.graph.tensors
+        nominal = self._nominal_resolutions()
+        by_root: dict[int, list[int]] = {}
+        for key in sorted(tensors):
+            if key in self.shared:
+                continue
+            by_root.setdefault(self.find(key), []).append(key)
+        group_of_res: dict = {}
+        current = None
+        for root, keys in sorted(by_root.items(), key=lambda kv: kv[1][0]):
+            if root not in self._free:
+                continue
+            first = tensors[keys[0]]
+            res = nominal[first.key] if first.rank == 4 else None
+            if res is None or first.rank != 4:
+                if current is None:
+                    current = self._new_group(None, group_of_res)
+                group = current
+            else:
+                group = group_of_res.get(res)
+                if group is None:
+                    group = self._new_group(res, group_of_res)
+                current = group
+            channels = first.channels
+            quantum = self._quantum.get(root, 1)
+            if channels % quantum:
+                quantum = 1
+            unit = Unit(len(self.units), root, channels, quantum, group, keys)
+            self.units.append(unit)
+            self.groups[group].units.append(unit.index)
+            self._unit_of_root[root] = unit
+        # Every tensor gets the group the network is in at that point (topological order):
+        # that is where a channel-mixing layer producing it sits, for the concat positions.
+        current = 0
+        for key in sorted(tensors):
+            unit = self._unit_of_root.get(self.find(key))
+            if unit is not None:
+                current = unit.group
+            self._group_of_tensor[key] = current
+        if not self.units:
+            raise ValueError(
+                f"Model {self.graph.model_name!r} has no channel-mixing layer before its "
+                "classifier, so there is nothing to split into stages."
+            )
+
+    def _new_group(self, resolution, group_of_res):
+        group = len(self.groups)
+        self.groups.append(UnitGroup(group, resolution, []))
+        if resolution is not None:
+            group_of_res[resolution] = group
+        return group
+
+    def _nominal_resolutions(self) -> dict:
+        """Spatial size of each tensor, where 1x1 and vector tensors (global pooling, SE
+        squeeze, flatten) inherit the size of the feature map they were pooled from."""
+        tensors = self.graph.tensors
+        nominal = {k: tensors[k].spatial for k in self.graph.inputs}
+        for node in self.graph.nodes:
+            inherited = next((nominal[k] for k in node.inputs if nominal.get(k)), None)
+            for k in node.outputs:
+                spatial = tensors[k].spatial
+                if spatial is None or spatial == (1, 1):
+                    nominal[k] = inherited
+                else:
+                    nominal[k] = spatial
+        return nominal
+
+
+def _is_softmax_layer(layer) -> bool:
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    if isinstance(layer, keras.layers.Activation):
+        act = getattr(layer.activation, "__name__", "")
+        return act == "softmax"
+    return False
+
+
+def analyse(model: keras.Model) -> Analysis:
+    """Analyses `model`'s channels into units and unit groups.
+
+    Args:
+        model: A Keras 3 functional or Sequential model.
+
+    Returns:
+        The `Analysis`.
+
+    Raises:
+        TypeError: For subclassed models or non-models.
+        ValueError: For unsupported layers (all listed at once, each with its class), models
+            without a Dense/1x1-conv classifier, or several inputs/outputs.
+    """
+    return Analysis(graph_lib.trace(model)).run()

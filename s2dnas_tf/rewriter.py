@@ -1,0 +1,222 @@
+"""Split + concat: rebuild a model as a multi-stage network with inherited weights (DESIGN §2).
+
+`transform(model, arch)` returns a new `keras.Model` with one output per stage (logits). Its
+layers are named `stage{s}_<original name>` (plus `shared_<name>` for the layers computed on
+the image before any channel-mixing layer); `stage_flops` reads those names, so it also works
+on a transformed model saved and loaded again.
+
+The original model is never modified: every layer of the new model is a fresh layer of the
+same class and config, whose weights are slices of the original's.
+"""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+
+from s2dnas_tf import analysis as analysis_lib
+from s2dnas_tf import flops as flops_lib
+from s2dnas_tf import rules as rules_lib
+from s2dnas_tf import space as space_lib
+
+_STAGE_NAME = re.compile(r"^stage(\d+)_")
+
+
+def partition_boundaries(
+    channels: int, quantum: int, fractions: list[int], grid: int
+) -> list[int]:
+    """Channel boundaries b_0=0 <= b_1 <= ... <= b_S=channels of one unit.
+
+    Stage s gets channels [b_{s-1}, b_s). Boundaries are multiples of `quantum`, stage 1 gets
+    at least one quantum, and a stage whose fraction grows gets at least one quantum when
+    there are enough channels.
+
+    Args:
+        channels: Channels of the unit.
+        quantum: Boundaries are multiples of this.
+        fractions: Cumulative fractions (in 1..grid) of stages 1..S-1.
+        grid: The fraction denominator.
+
+    Returns:
+        The S+1 boundaries.
+    """
+    quanta = channels // quantum
+    full = list(fractions) + [grid]
+    grows = [True] + [full[i] > full[i - 1] for i in range(1, len(full))]
+    bounds = [0]
+    for s in range(len(full) - 1):
+        target = int(full[s] * quanta / grid + 0.5)  # round half up, predictably
+        low = bounds[-1] + (1 if grows[s] else 0)
+        high = quanta - sum(grows[s + 1 :])
+        value = min(max(target, low), high) if low <= high else min(max(target, bounds[-1]), quanta)
+        bounds.append(max(value, bounds[-1]))
+    bounds.append(quanta)
+    return [b * quantum for b in bounds]
+
+
+@keras.saving.register_keras_serializable(package="s2dnas_tf")
+class MultiStageNet(keras.Model):
+    """The functional model `transform` returns: images -> list of S stage logits.
+
+    A plain Keras functional model, except that calling it always returns a list, also for
+    S = 1 (Keras unwraps single-output lists otherwise).
+    """
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        outputs = super().call(inputs, training=training, mask=mask, **kwargs)
+        return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.outputs)
+
+
+class _Builder:
+    """Implements rules.BuildContext for one (analysis, arch) pair."""
+
+    def __init__(self, analysis: analysis_lib.Analysis, arch: space_lib.Arch):
+        self.analysis = analysis
+        self.graph = analysis.graph
+        self.arch = arch
+        self.num_stages = arch.num_stages
+        self._bounds = {}
+        for unit in analysis.units:
+            fractions = [arch.fractions[s][unit.group] for s in range(arch.num_stages - 1)]
+            self._bounds[unit.root] = partition_boundaries(
+                unit.channels, unit.quantum, fractions, arch.grid
+            )
+
+    def unit_bounds(self, unit: analysis_lib.Unit) -> list[int]:
+        return self._bounds[unit.root]
+
+    def allocated(self, key: int, stage: int) -> np.ndarray:
+        unit = self.analysis.unit_of(key)
+        if unit is None:
+            raise AssertionError(f"internal: tensor {key} is not in a free unit")
+        bounds = self._bounds[unit.root]
+        return np.arange(bounds[stage - 1], bounds[stage])
+
+    def visible_stages(self, node, stage: int) -> list[int]:
+        if stage == 1:
+            return [1]
+        if node is self.analysis.classifier:
+            return list(range(1, stage + 1))
+        group = self.analysis.group_of_tensor(node.outputs[0])
+        if group >= self.arch.concat_position(stage):
+            return list(range(1, stage + 1))
+        return [stage]
+
+    def clone(self, layer, name: str, **config) -> keras.layers.Layer:
+        cfg = layer.get_config()
+        cfg.update(config)
+        cfg["name"] = name
+        return type(layer).from_config(cfg)
+
+    def name(self, node, stage: int, suffix: str = "") -> str:
+        return f"stage{stage}_{node.name}{suffix}"
+
+    def build(self) -> keras.Model:
+        graph, ana = self.graph, self.analysis
+        (in_key,) = graph.inputs
+        in_info = graph.tensors[in_key]
+        images = keras.Input(shape=in_info.shape[1:], name="images")
+        values = {in_key: rules_lib.Shared(images)}
+        tail = {id(n) for n in ana.tail}
+        heads = None
+        for node in graph.nodes:
+            if id(node) in tail:
+                continue
+            inputs = [values[k] for k in node.inputs]
+            rule = ana.rules[node.index]
+            if node is ana.classifier:
+                (value,) = inputs
+                num_classes = graph.tensors[node.outputs[0]].channels
+                heads = rule.build_head(node, value, self, num_classes)
+                continue
+            if all(isinstance(v, rules_lib.Shared) for v in inputs) and rule.kind != "mixing":
+                new = self.clone(node.layer, f"shared_{node.name}")
+                y = new(*[v.tensor for v in inputs], **node.call_kwargs)
+                for src, dst in zip(node.layer.weights, new.weights):
+                    dst.assign(src)
+                if hasattr(new, "finalize_state") and new.weights:
+                    new.finalize_state()
+                outputs = [rules_lib.Shared(y)]
+            else:
+                if len(inputs) == 1 or isinstance(rule, (rules_lib.MergeRule,
+                                                          rules_lib.ConcatenateRule)):
+                    outputs = rule.build(node, inputs, self)
+                else:
+                    raise AssertionError(f"internal: {node.name} has {len(inputs)} inputs")
+            for key, value in zip(node.outputs, outputs):
+                values[key] = value
+        if heads is None or any(h is None for h in heads):
+            raise AssertionError("internal: a stage has no classifier input")
+        return MultiStageNet(
+            images,
+            [h.tensor for h in heads],
+            name=f"{graph.model_name}_s2dnas{self.num_stages}",
+        )
+
+
+def transform(model: keras.Model, arch: space_lib.Arch) -> keras.Model:
+    """Builds the multi-stage network of `arch` from `model`, inheriting its weights.
+
+    Args:
+        model: The static Keras model (functional or Sequential); it is not modified.
+        arch: An architecture of `SearchSpace.from_model(model, num_stages=arch.num_stages)`.
+
+    Returns:
+        A keras.Model mapping images to a list of S logits tensors [N, num_classes], stage 1
+        first. With S = 1 it computes the original model's logits.
+
+    Raises:
+        TypeError: If `model` is not a functional/Sequential keras.Model or `arch` not an Arch.
+        ValueError: If the model has unsupported layers or `arch` is not of its space.
+    """
+    if not isinstance(arch, space_lib.Arch):
+        raise TypeError(
+            f"arch must be an s2dnas_tf.Arch (from SearchSpace.default_arch/sample/decode). "
+            f"Received: arch of type {type(arch).__name__}"
+        )
+    analysis = analysis_lib.analyse(model)
+    space = space_lib.SearchSpace(analysis, arch.num_stages, arch.grid)
+    space.check_arch(arch)
+    return _Builder(analysis, arch).build()
+
+
+def stage_of_layer(name: str) -> int | None:
+    """Stage (1-based) of a layer of a transformed model from its name; `shared_` layers
+    belong to stage 1; None for layers of neither kind (the input)."""
+    if name.startswith("shared_"):
+        return 1
+    match = _STAGE_NAME.match(name)
+    return int(match.group(1)) if match else None
+
+
+def stage_flops(net: keras.Model) -> list[int]:
+    """Cumulative FLOPs (MACs, DESIGN §4) of a transformed network, per stage.
+
+    Args:
+        net: A model returned by `transform` (or loaded back from one).
+
+    Returns:
+        S ints: the cost of running stages 1..s, for s = 1..S.
+
+    Raises:
+        ValueError: If `net` has no `stage{s}_` layers (not a transformed model).
+    """
+    per_layer = flops_lib.flops_by_layer(net)
+    own: dict[int, int] = {}
+    for name, macs in per_layer.items():
+        stage = stage_of_layer(name)
+        if stage is not None:
+            own[stage] = own.get(stage, 0) + macs
+    if not own:
+        raise ValueError(
+            f"Model {net.name!r} has no stage layers (named 'stage<s>_...'); stage_flops takes "
+            "a network returned by s2dnas_tf.transform."
+        )
+    num_stages = len(net.outputs)
+    return [int(sum(own.get(s, 0) for s in range(1, k + 1))) for k in range(1, num_stages + 1)]

@@ -1,0 +1,284 @@
+"""The architecture space of multi-stage networks derived from one model (DESIGN §3).
+
+An architecture is a short list of discrete decisions (tokens):
+
+- for each stage s < S and each unit group g, the cumulative fraction of the group's channels
+  visible to stages <= s, as a token t in 0..grid-1 meaning (t + 1) / grid. Fractions never
+  decrease from one stage to the next; the last stage always sees everything.
+- for each stage s >= 2, its concat position: the unit group from which on it reuses the
+  features of stages 1..s-1 (before it, it runs on its own channels only).
+
+Token order: the fractions of stage 1 (one per group), those of stage 2, ..., stage S-1, then
+the concat positions of stages 2..S.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from typing import Sequence
+
+import keras
+import numpy as np
+
+from s2dnas_tf import analysis as analysis_lib
+
+DEFAULT_GRID = 8  # eighths, as in DESIGN §3: fine enough to matter, small enough to search
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """One multi-stage architecture.
+
+    Attributes:
+        num_stages: S.
+        grid: Fractions are multiples of 1/grid.
+        fractions: S-1 rows (stages 1..S-1) of one value in 1..grid per unit group:
+            the cumulative fraction of channels visible to stages <= s is value / grid.
+        concat_positions: S-1 unit-group indices, for stages 2..S.
+        group_labels: Readable name of each unit group (e.g. "32x32").
+    """
+
+    num_stages: int
+    grid: int
+    fractions: tuple
+    concat_positions: tuple
+    group_labels: tuple
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_labels)
+
+    @property
+    def tokens(self) -> list[int]:
+        """The architecture as a list of ints (see the module docstring)."""
+        fraction_tokens = [v - 1 for row in self.fractions for v in row]
+        return fraction_tokens + list(self.concat_positions)
+
+    def fraction(self, stage: int, group: int) -> float:
+        """Cumulative fraction of group `group`'s channels visible to stages <= `stage`."""
+        if stage >= self.num_stages:
+            return 1.0
+        return self.fractions[stage - 1][group] / self.grid
+
+    def concat_position(self, stage: int) -> int | None:
+        """Unit group from which stage `stage` (>= 2) reuses earlier stages' features."""
+        return None if stage == 1 else self.concat_positions[stage - 2]
+
+    def to_dict(self) -> dict:
+        return {
+            "num_stages": self.num_stages,
+            "grid": self.grid,
+            "group_labels": list(self.group_labels),
+            "tokens": self.tokens,
+            "fractions": [list(r) for r in self.fractions],
+            "concat_positions": list(self.concat_positions),
+            "readable": str(self),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Arch":
+        """Inverse of `to_dict` (the readable form is ignored)."""
+        try:
+            return cls(
+                num_stages=int(data["num_stages"]),
+                grid=int(data["grid"]),
+                fractions=tuple(tuple(int(v) for v in row) for row in data["fractions"]),
+                concat_positions=tuple(int(v) for v in data["concat_positions"]),
+                group_labels=tuple(data["group_labels"]),
+            )
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                "An arch dict needs num_stages, grid, fractions, concat_positions and "
+                f"group_labels. Received keys: {sorted(data)}"
+            ) from e
+
+    @classmethod
+    def from_json(cls, text: str) -> "Arch":
+        return cls.from_dict(json.loads(text))
+
+    def __str__(self) -> str:
+        lines = [f"{self.num_stages} stage(s) over unit groups {', '.join(self.group_labels)}:"]
+        for stage in range(1, self.num_stages + 1):
+            if stage < self.num_stages:
+                seen = " ".join(
+                    f"{self.fractions[stage - 1][g]}/{self.grid}" for g in range(self.num_groups)
+                )
+            else:
+                seen = "all"
+            text = f"  stage {stage}: sees {seen}"
+            if stage > 1:
+                pos = self.concat_positions[stage - 2]
+                text += f"; reuses stages <{stage} from group {pos} ({self.group_labels[pos]})"
+            lines.append(text)
+        return "\n".join(lines)
+
+
+class SearchSpace:
+    """All multi-stage architectures of one model for a given number of stages.
+
+    Build with `SearchSpace.from_model(model, num_stages=3)`.
+    """
+
+    def __init__(self, analysis: analysis_lib.Analysis, num_stages: int, grid: int):
+        self.analysis = analysis
+        self.num_stages = num_stages
+        self.grid = grid
+        self.group_labels = tuple(g.label for g in analysis.groups)
+
+    @classmethod
+    def from_model(
+        cls, model: keras.Model, num_stages: int = 3, grid: int = DEFAULT_GRID
+    ) -> "SearchSpace":
+        """Analyses `model` and builds its space.
+
+        Args:
+            model: A Keras 3 functional or Sequential CNN ending in a classifier.
+            num_stages: Number of stages S (>= 1).
+            grid: Channel fractions are multiples of 1/grid (>= 1).
+
+        Returns:
+            The space.
+
+        Raises:
+            TypeError: For non-functional models.
+            ValueError: For bad arguments or unsupported layers (see `analysis.analyse`).
+        """
+        if isinstance(num_stages, bool) or not isinstance(num_stages, (int, np.integer)):
+            raise TypeError(f"num_stages must be an int. Received: num_stages={num_stages!r}")
+        if num_stages < 1:
+            raise ValueError(f"num_stages must be >= 1. Received: num_stages={num_stages!r}")
+        if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
+            raise ValueError(f"grid must be an int >= 1. Received: grid={grid!r}")
+        return cls(analysis_lib.analyse(model), int(num_stages), int(grid))
+
+    # --- shape of the token sequence ----------------------------------------------------
+
+    @property
+    def num_groups(self) -> int:
+        return self.analysis.num_groups
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.num_stages - 1) * (self.num_groups + 1)
+
+    def token_kinds(self) -> list[str]:
+        """"fraction" or "concat" for each token position (a controller's head per kind)."""
+        n = (self.num_stages - 1) * self.num_groups
+        return ["fraction"] * n + ["concat"] * (self.num_stages - 1)
+
+    def token_choices(self) -> list[int]:
+        """Number of possible values at each token position."""
+        return [self.grid if k == "fraction" else self.num_groups for k in self.token_kinds()]
+
+    def valid_choices(self, prefix: Sequence[int]) -> list[int]:
+        """Values allowed at position len(prefix) given the tokens before it (fractions may
+        not decrease from one stage to the next)."""
+        pos = len(prefix)
+        if pos >= self.num_tokens:
+            raise ValueError(f"All {self.num_tokens} tokens are given. Received: {len(prefix)}")
+        if self.token_kinds()[pos] == "concat":
+            return list(range(self.num_groups))
+        low = prefix[pos - self.num_groups] if pos >= self.num_groups else 0
+        return list(range(low, self.grid))
+
+    @property
+    def size(self) -> int:
+        """Number of distinct architectures."""
+        per_group = math.comb(self.grid + self.num_stages - 2, self.num_stages - 1)
+        return per_group**self.num_groups * self.num_groups ** (self.num_stages - 1)
+
+    # --- architectures --------------------------------------------------------------------
+
+    def decode(self, tokens: Sequence[int]) -> Arch:
+        """The architecture of a token list.
+
+        Raises:
+            ValueError: Wrong length, a value out of range, or a fraction smaller than the
+                previous stage's in the same group.
+        """
+        tokens = [int(t) for t in tokens]
+        if len(tokens) != self.num_tokens:
+            raise ValueError(
+                f"This space ({self.num_stages} stages, {self.num_groups} unit groups) takes "
+                f"{self.num_tokens} tokens. Received: {len(tokens)} tokens {tokens}"
+            )
+        for pos, (tok, n) in enumerate(zip(tokens, self.token_choices())):
+            if not 0 <= tok < n:
+                raise ValueError(
+                    f"Token {pos} ({self.token_kinds()[pos]}) must be in [0, {n - 1}]. "
+                    f"Received: {tok} in {tokens}"
+                )
+        for pos in range(self.num_groups, (self.num_stages - 1) * self.num_groups):
+            if tokens[pos] < tokens[pos - self.num_groups]:
+                raise ValueError(
+                    f"Token {pos}: stage {pos // self.num_groups + 1} must see at least the "
+                    f"channels stage {pos // self.num_groups} sees in group "
+                    f"{pos % self.num_groups}. Received: {tokens}"
+                )
+        g, s = self.num_groups, self.num_stages
+        fractions = tuple(
+            tuple(tokens[r * g + j] + 1 for j in range(g)) for r in range(s - 1)
+        )
+        return Arch(s, self.grid, fractions, tuple(tokens[(s - 1) * g :]), self.group_labels)
+
+    def default_arch(self) -> Arch:
+        """Evenly growing stages (stage s sees about s/S of every group), every later stage
+        reusing earlier features from the first group on: a sensible start without search."""
+        g, s = self.num_groups, self.num_stages
+        tokens = []
+        for stage in range(1, s):
+            value = max(1, min(self.grid, round(stage * self.grid / s)))
+            tokens += [value - 1] * g
+        tokens += [0] * (s - 1)
+        return self.decode(tokens)
+
+    def sample(self, seed: int) -> Arch:
+        """A uniformly random architecture; the same seed gives the same one."""
+        rng = np.random.default_rng(seed)
+        sequences = list(
+            itertools.combinations_with_replacement(range(self.grid), self.num_stages - 1)
+        )
+        picks = [sequences[i] for i in rng.integers(len(sequences), size=self.num_groups)]
+        tokens = [picks[j][r] for r in range(self.num_stages - 1) for j in range(self.num_groups)]
+        tokens += [int(v) for v in rng.integers(self.num_groups, size=self.num_stages - 1)]
+        return self.decode(tokens)
+
+    def check_arch(self, arch: Arch) -> None:
+        """Raises ValueError unless `arch` belongs to this space."""
+        if not isinstance(arch, Arch):
+            raise TypeError(f"Expected an Arch. Received: {type(arch).__name__}")
+        if (arch.num_stages, arch.num_groups, arch.grid) != (
+            self.num_stages,
+            self.num_groups,
+            self.grid,
+        ):
+            raise ValueError(
+                f"The arch has {arch.num_stages} stages, {arch.num_groups} unit groups and grid "
+                f"{arch.grid}; this model's space has {self.num_stages} stages, "
+                f"{self.num_groups} unit groups ({', '.join(self.group_labels)}) and grid "
+                f"{self.grid}."
+            )
+        self.decode(arch.tokens)
+
+    def describe(self) -> str:
+        units = self.analysis.units
+        lines = [
+            f"SearchSpace of {self.analysis.graph.model_name!r}: {self.num_stages} stages, "
+            f"grid 1/{self.grid}, {self.num_tokens} tokens, {self.size:,} architectures",
+        ]
+        for group in self.analysis.groups:
+            channels = sorted({units[u].channels for u in group.units})
+            lines.append(
+                f"  group {group.index} ({group.label}): {len(group.units)} units, "
+                f"channels {channels}"
+            )
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return self.describe()

@@ -1,0 +1,303 @@
+"""DESIGN §2 invariants over the model zoo, keras.applications and a CNN of every layer type."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import s2dnas_tf as s2d
+from s2dnas_tf.models import build_model
+from tests import helpers
+
+ZOO = ["resnet20", "resnet56", "vgg16_bn", "mobilenetv2_cifar"]
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_reference_models(name):
+    model = helpers.randomize_normalization_stats(build_model(name))
+    helpers.run_transform_invariants_test(model)
+
+
+APPLICATIONS = ["ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"]
+
+
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_keras_applications(name):
+    ctor = getattr(keras.applications, name)
+    model = ctor(weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None)
+    helpers.randomize_normalization_stats(model)
+    helpers.run_transform_invariants_test(model)
+
+
+def test_softmax_output_is_dropped_and_logits_returned():
+    model = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=5, alpha=0.35
+    )
+    helpers.randomize_normalization_stats(model)
+    x = helpers.images(model)
+    space = s2d.SearchSpace.from_model(model, num_stages=1)
+    logits = np.asarray(s2d.transform(model, space.default_arch())(x)[0])
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(keras.ops.softmax(logits)), np.asarray(model(x)), atol=1e-5
+    )
+
+
+def every_layer_cnn(num_classes=7):
+    """A functional CNN built from every layer type the rules support."""
+    L = keras.layers
+    inputs = keras.Input((24, 24, 3), name="img")
+    x = L.Rescaling(1 / 255.0, name="rescale")(inputs)
+    x = L.Normalization(mean=[0.5, 0.4, 0.3], variance=[0.1, 0.2, 0.3], name="norm")(x)
+    x = L.ZeroPadding2D(1, name="pad")(x)
+    x = L.Conv2D(16, 3, use_bias=True, name="stem")(x)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU(6.0, name="relu6")(x)
+    y = L.Conv2D(16, 3, padding="same", groups=4, name="grouped")(x)
+    y = L.LayerNormalization(name="ln")(y)
+    y = L.Activation("hard_swish", name="hswish")(y)
+    x = L.Add(name="add1")([x, y])
+    # squeeze-excite with a broadcast Multiply
+    se = L.GlobalAveragePooling2D(name="se_pool")(x)
+    se = L.Dense(4, activation="swish", name="se_reduce")(se)
+    se = L.Dense(16, activation="sigmoid", name="se_expand")(se)
+    se = L.Reshape((1, 1, 16), name="se_reshape")(se)
+    x = L.Multiply(name="se_mul")([x, se])
+    x = L.DepthwiseConv2D(3, strides=2, padding="same", depth_multiplier=2, name="dw2")(x)
+    x = L.PReLU(shared_axes=[1, 2], name="prelu")(x)
+    b1 = L.SeparableConv2D(12, 3, padding="same", dilation_rate=2, name="sep")(x)
+    b2 = L.Conv2D(8, 1, activation="sigmoid", name="branch")(x)
+    x = L.Concatenate(name="cat")([b1, b2])
+    x = L.LeakyReLU(0.1, name="leaky")(x)
+    x = L.Cropping2D(1, name="crop")(x)
+    x = L.SpatialDropout2D(0.1, name="sdrop")(x)
+    x = L.Conv2D(24, 3, padding="same", dilation_rate=2, name="dilated")(x)
+    x = L.MaxPooling2D(name="maxpool")(x)
+    x = L.ELU(name="elu")(x)
+    x = L.AveragePooling2D(2, name="avgpool")(x)
+    x = L.Conv2D(20, 1, name="pw")(x)
+    g = L.GlobalMaxPooling2D(keepdims=True, name="gmax")(x)
+    x = L.Multiply(name="gate")([x, L.Activation("sigmoid", name="sig")(g)])
+    x = L.Flatten(name="flat")(x)
+    x = L.Dropout(0.2, name="drop")(x)
+    x = L.Dense(32, activation="relu", name="fc")(x)
+    x = L.Dense(num_classes, name="logits")(x)
+    outputs = L.Softmax(name="probs")(x)
+    return keras.Model(inputs, outputs, name="every_layer")
+
+
+def test_every_supported_layer_type():
+    model = helpers.randomize_normalization_stats(every_layer_cnn())
+    space, _ = helpers.run_transform_invariants_test(model, num_stages=3)
+    assert space.group_labels == ("24x24", "12x12", "10x10", "2x2")
+
+
+def test_sequential_and_nested_models():
+    L = keras.layers
+    seq = keras.Sequential(
+        [
+            keras.Input((16, 16, 3)),
+            L.Conv2D(8, 3, name="c1"),
+            L.BatchNormalization(name="b1"),
+            L.ReLU(name="r1"),
+            L.Conv2D(16, 3, strides=2, name="c2"),
+            L.GlobalAveragePooling2D(name="gap"),
+            L.Dense(4, name="out"),
+        ],
+        name="seq",
+    )
+    helpers.run_transform_invariants_test(helpers.randomize_normalization_stats(seq))
+    backbone = keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), include_top=False, alpha=0.35
+    )
+    wrapped = keras.Sequential(
+        [keras.Input((32, 32, 3)), backbone, L.GlobalAveragePooling2D(name="gap"), L.Dense(3)]
+    )
+    helpers.run_transform_invariants_test(helpers.randomize_normalization_stats(wrapped))
+
+
+# --- the space ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    return build_model("resnet20")
+
+
+def test_space_of_resnet20(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3)
+    assert space.group_labels == ("32x32", "16x16", "8x8")
+    assert space.num_tokens == 8
+    assert space.token_kinds() == ["fraction"] * 6 + ["concat"] * 2
+    # 36 non-decreasing pairs of eighths per group, cubed, times 3 concat choices squared.
+    assert space.size == 36**3 * 3**2 == 419_904
+    assert "419,904" in space.describe()
+
+
+def test_sample_is_deterministic_and_valid(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=4)
+    samples = [space.sample(seed).tokens for seed in range(20)]
+    assert samples == [space.sample(seed).tokens for seed in range(20)]
+    assert len({tuple(t) for t in samples}) > 15
+    for tokens in samples:
+        assert space.decode(tokens).tokens == tokens
+        prefix = []
+        for tok in tokens:
+            assert tok in space.valid_choices(prefix)
+            prefix.append(tok)
+
+
+def test_arch_json_round_trip_and_readable(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3)
+    arch = space.sample(3)
+    again = s2d.Arch.from_json(arch.to_json())
+    assert again == arch
+    data = json.loads(arch.to_json())
+    assert data["tokens"] == arch.tokens
+    text = str(arch)
+    assert "stage 1: sees" in text and "reuses" in text and "32x32" in text
+
+
+def test_decode_refuses_bad_tokens(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3)
+    with pytest.raises(ValueError, match="takes 8 tokens"):
+        space.decode([0, 0, 0])
+    with pytest.raises(ValueError, match=r"must be in \[0, 7\]"):
+        space.decode([8, 0, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\]"):
+        space.decode([0, 0, 0, 1, 1, 1, 3, 0])
+    with pytest.raises(ValueError, match="at least the channels"):
+        space.decode([4, 4, 4, 3, 5, 5, 0, 0])
+
+
+def test_arch_of_another_space_is_refused(resnet20):
+    other = s2d.SearchSpace.from_model(resnet20, num_stages=2).default_arch()
+    with pytest.raises(ValueError, match="2 stages"):
+        s2d.SearchSpace.from_model(resnet20, num_stages=3).check_arch(other)
+    with pytest.raises(TypeError, match="Arch"):
+        s2d.transform(resnet20, other.tokens)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_num_stages_must_be_positive(resnet20, bad):
+    with pytest.raises(ValueError, match=f"Received: num_stages={bad}"):
+        s2d.SearchSpace.from_model(resnet20, num_stages=bad)
+
+
+def test_num_stages_must_be_int(resnet20):
+    with pytest.raises(TypeError, match="num_stages must be an int"):
+        s2d.SearchSpace.from_model(resnet20, num_stages=2.0)
+
+
+def test_partition_boundaries():
+    from s2dnas_tf.rewriter import partition_boundaries
+
+    assert partition_boundaries(16, 1, [3, 5], 8) == [0, 6, 10, 16]
+    assert partition_boundaries(16, 1, [8, 8], 8) == [0, 16, 16, 16]
+    assert partition_boundaries(16, 4, [3, 5], 8) == [0, 8, 12, 16]
+    # too few channels: stage 1 still gets one, growth is kept where possible
+    assert partition_boundaries(2, 1, [1, 2], 8) == [0, 1, 1, 2]
+    b = partition_boundaries(64, 1, [1, 1, 1, 1], 8)
+    assert b[0] == 0 and b[1] == 8 and b[-1] == 64 and b == sorted(b)
+
+
+# --- refusals ---------------------------------------------------------------------------------
+
+
+def test_subclassed_model_is_refused():
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(3)
+
+        def call(self, x):
+            return self.dense(x)
+
+    net = Net()
+    net(np.zeros((1, 4), "float32"))
+    with pytest.raises(TypeError, match="subclassed model"):
+        s2d.SearchSpace.from_model(net)
+
+
+def test_not_a_model_is_refused():
+    with pytest.raises(TypeError, match="Expected a keras.Model"):
+        s2d.SearchSpace.from_model("resnet20")
+
+
+def test_unsupported_layer_is_named_with_its_class():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c")(inputs)
+    x = keras.layers.Lambda(lambda t: t * 2, name="double")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError) as err:
+        s2d.SearchSpace.from_model(model)
+    message = str(err.value)
+    assert "'double'" in message and "Lambda" in message
+    assert "Supported layer classes" in message and "Conv2D" in message
+
+
+def test_keras_ops_call_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="c")(inputs)
+    x = keras.ops.relu(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError, match="keras.ops call"):
+        s2d.SearchSpace.from_model(model)
+
+
+def test_softmax_inside_the_network_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    x = keras.layers.Softmax(name="mid_softmax")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError, match="mid_softmax"):
+        s2d.SearchSpace.from_model(model)
+
+
+def test_output_without_classifier_is_refused():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3)(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D(name="gap")(x))
+    with pytest.raises(ValueError, match="Dense classifier"):
+        s2d.SearchSpace.from_model(model)
+
+
+def test_multi_input_model_is_refused():
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Add()([a, b])))
+    with pytest.raises(ValueError, match="exactly one input"):
+        s2d.SearchSpace.from_model(model)
+
+
+def test_channels_first_is_refused():
+    inputs = keras.Input((3, 8, 8))
+    x = keras.layers.Conv2D(4, 3, data_format="channels_first", name="cf")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(data_format="channels_first")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError, match="'cf'.*channels_last"):
+        s2d.SearchSpace.from_model(model)
+
+
+def test_shared_layer_is_refused():
+    inputs = keras.Input((8, 8, 4))
+    conv = keras.layers.Conv2D(4, 3, padding="same", name="twice")
+    x = conv(conv(inputs))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    with pytest.raises(ValueError, match="'twice' is called more than once"):
+        s2d.SearchSpace.from_model(model)
+
+
+def test_transformed_net_saves_and_loads(tmp_path, resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=2)
+    net = s2d.transform(resnet20, space.default_arch())
+    path = tmp_path / "net.keras"
+    net.save(path)
+    loaded = keras.saving.load_model(path)
+    x = helpers.images(resnet20)
+    for a, b in zip(net(x), loaded(x)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    assert s2d.stage_flops(loaded) == s2d.stage_flops(net)
