@@ -22,6 +22,7 @@ def test_reference_models(name):
 APPLICATIONS = ["ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", APPLICATIONS)
 def test_keras_applications(name):
     ctor = getattr(keras.applications, name)
