@@ -20,7 +20,7 @@ from s2dnas_tf.models.mobilenetv2_cifar import make_divisible
 from s2dnas_tf.models.resnet_cifar import resnet_cifar
 
 ALL_MODELS = list_models()
-RESNET_BLOCKS_PER_STAGE = {"resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 18}
+RESNET_BLOCKS_PER_STAGE = {"resnet8": 1, "resnet20": 3, "resnet32": 5, "resnet56": 9, "resnet110": 18}
 # The layer types the graph rewriter knows; a model using anything else breaks it.
 ALLOWED_LAYER_TYPES = (
     keras.layers.InputLayer,
@@ -74,6 +74,7 @@ def test_registry_holds_the_reference_zoo():
         "resnet20",
         "resnet32",
         "resnet56",
+        "resnet8",
         "vgg16_bn",
     ]
 
@@ -437,3 +438,18 @@ def test_builds_for_other_input_shapes():
     model = _built("resnet20", input_shape=(8, 8, 1))
     assert model.input_shape == (None, 8, 8, 1)
     assert np.asarray(model(_random_images(shape=(8, 8, 1)))).shape == (2, 10)
+
+
+def test_with_input_normalization_takes_raw_pixels():
+    from s2dnas_tf.models import with_input_normalization
+
+    core = build_model("resnet8")
+    mean, variance = [120.0, 110.0, 100.0], [3600.0, 3500.0, 3400.0]
+    model = with_input_normalization(core, mean, variance)
+    raw = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    normalised = (raw - np.array(mean)) / np.sqrt(np.array(variance))
+    np.testing.assert_allclose(
+        np.asarray(model(raw)), np.asarray(core(normalised.astype("float32"))), atol=1e-4
+    )
+    with pytest.raises(ValueError, match="need 3 values"):
+        with_input_normalization(core, [1.0], [1.0])

@@ -302,3 +302,14 @@ def test_transformed_net_saves_and_loads(tmp_path, resnet20):
     for a, b in zip(net(x), loaded(x)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     assert s2d.stage_flops(loaded) == s2d.stage_flops(net)
+
+
+def test_input_normalization_is_shared_by_all_stages():
+    from s2dnas_tf.models import with_input_normalization
+
+    model = with_input_normalization(build_model("resnet8"), [125.0] * 3, [4000.0] * 3)
+    helpers.randomize_normalization_stats(model)
+    space, net = helpers.run_transform_invariants_test(model)
+    names = [layer.name for layer in net.layers]
+    assert "shared_input_norm" in names
+    assert not any(n.startswith("stage") and n.endswith("input_norm") for n in names)

@@ -6,11 +6,16 @@ model = build_model("resnet20", num_classes=10)  # logits, no softmax
 ```
 """
 
-from s2dnas_tf.models.registry import build_model, list_models, register_model
+from s2dnas_tf.models.registry import (
+    build_model,
+    list_models,
+    register_model,
+    with_input_normalization,
+)
 
 # Imported for their side effect: each module registers its models.
 from s2dnas_tf.models import mobilenetv2_cifar as _mobilenetv2_cifar  # noqa: F401
 from s2dnas_tf.models import resnet_cifar as _resnet_cifar  # noqa: F401
 from s2dnas_tf.models import vgg_cifar as _vgg_cifar  # noqa: F401
 
-__all__ = ["build_model", "list_models", "register_model"]
+__all__ = ["build_model", "list_models", "register_model", "with_input_normalization"]

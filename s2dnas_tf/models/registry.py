@@ -24,6 +24,7 @@ __all__ = [
     "list_models",
     "register_model",
     "scale_channels",
+    "with_input_normalization",
 ]
 
 ModelFn = TypeVar("ModelFn", bound=Callable[..., keras.Model])
@@ -237,3 +238,37 @@ def scale_channels(channels: int, width_multiplier: float) -> int:
         The scaled channel count.
     """
     return max(1, int(channels * width_multiplier + 0.5))
+
+
+def with_input_normalization(
+    model: keras.Model, mean: Sequence[float], variance: Sequence[float]
+) -> keras.Model:
+    """Puts a per-channel `Normalization` in front of `model`, so it takes raw pixels.
+
+    This is the project's one rule for where normalisation lives: data pipelines yield raw
+    pixel values (0..255) and the model normalises them itself, so an exported model takes
+    raw images. The rewriter computes this layer once, shared by every stage.
+
+    Args:
+        model: A model taking normalised images.
+        mean: Per-channel mean of the raw training images.
+        variance: Per-channel variance of the raw training images.
+
+    Returns:
+        A new functional model `raw images -> model(normalised images)` with `model`'s name.
+
+    Raises:
+        ValueError: If `mean`/`variance` do not have one value per input channel or a
+            variance is not positive.
+    """
+    channels = int(model.inputs[0].shape[-1])
+    mean = [float(v) for v in mean]
+    variance = [float(v) for v in variance]
+    if len(mean) != channels or len(variance) != channels or min(variance) <= 0:
+        raise ValueError(
+            f"mean and variance need {channels} values (one per input channel), variances "
+            f"> 0. Received: mean={mean}, variance={variance}"
+        )
+    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="images")
+    x = keras.layers.Normalization(mean=mean, variance=variance, name="input_norm")(inputs)
+    return keras.Model(inputs, model(x), name=model.name)

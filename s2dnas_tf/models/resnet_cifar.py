@@ -158,6 +158,30 @@ def resnet_cifar(
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 
+@register_model("resnet8")
+def resnet8(
+    num_classes: int = 10,
+    input_shape: Sequence[int] = (32, 32, 3),
+    width_multiplier: float = 1.0,
+    weight_decay: float = 1e-4,
+) -> keras.Model:
+    """Builds ResNet-8 (n=1): the smallest member, for the quickstart and fast tests.
+
+    Args:
+        num_classes: As in `resnet_cifar`.
+        input_shape: As in `resnet_cifar`.
+        width_multiplier: As in `resnet_cifar`.
+        weight_decay: As in `resnet_cifar`.
+
+    Returns:
+        `resnet_cifar(8, ...)`: a functional `keras.Model` producing logits.
+
+    Raises:
+        ValueError: If an argument has an invalid value.
+    """
+    return resnet_cifar(8, num_classes, input_shape, width_multiplier, weight_decay)
+
+
 @register_model("resnet20")
 def resnet20(
     num_classes: int = 10,
