@@ -50,8 +50,11 @@ def partition_boundaries(
         target = int(full[s] * quanta / grid + 0.5)  # round half up, predictably
         low = bounds[-1] + (1 if grows[s] else 0)
         high = quanta - sum(grows[s + 1 :])
-        value = min(max(target, low), high) if low <= high else min(max(target, bounds[-1]), quanta)
-        bounds.append(max(value, bounds[-1]))
+        if low <= high:
+            value = min(max(target, low), high)
+        else:  # too few channels for every growing stage: stage 1 first, then in order
+            value = max(bounds[-1] + (1 if s == 0 else 0), min(target, high))
+        bounds.append(min(max(value, bounds[-1]), quanta))
     bounds.append(quanta)
     return [b * quantum for b in bounds]
 

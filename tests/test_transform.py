@@ -313,3 +313,18 @@ def test_input_normalization_is_shared_by_all_stages():
     names = [layer.name for layer in net.layers]
     assert "shared_input_norm" in names
     assert not any(n.startswith("stage") and n.endswith("input_norm") for n in names)
+
+
+def test_partition_boundaries_properties():
+    from s2dnas_tf.rewriter import partition_boundaries
+
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        stages = int(rng.integers(1, 6))
+        quantum = int(rng.choice([1, 2, 4]))
+        channels = quantum * int(rng.integers(1, 40))
+        fractions = sorted(int(v) for v in rng.integers(1, 9, size=stages - 1))
+        b = partition_boundaries(channels, quantum, fractions, 8)
+        assert len(b) == stages + 1 and b[0] == 0 and b[-1] == channels
+        assert b == sorted(b) and all(v % quantum == 0 for v in b)
+        assert b[1] >= quantum, (channels, quantum, fractions, b)
