@@ -1,0 +1,203 @@
+"""Training under tf.distribute, multi-stage loss + distillation, resume and divergence."""
+
+import csv
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import s2dnas_tf as s2d
+from s2dnas_tf import data, training
+from s2dnas_tf.models import build_model, with_input_normalization
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TRAIN_BASE = ROOT / "experiments" / "train_base.py"
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load_dataset(data.DataConfig(name="digits"))
+
+
+def small_model_fn(splits):
+    mean, variance = splits.channel_stats()
+
+    def model_fn():
+        core = build_model(
+            "resnet8",
+            num_classes=splits.num_classes,
+            input_shape=splits.image_shape,
+            width_multiplier=0.5,
+        )
+        return with_input_normalization(core, mean, variance)
+
+    return model_fn
+
+
+def read_epochs(path):
+    with open(path) as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+
+
+def test_static_training_learns_and_checkpoints(tmp_path, digits):
+    config = training.TrainConfig(
+        output_dir=str(tmp_path), epochs=4, batch_size=64, augment=False, verbose=0
+    )
+    model, history = training.train(small_model_fn(digits), digits, config)
+    assert history["accuracy"][-1] > 0.8
+    assert read_epochs(tmp_path / "history.csv") == [0, 1, 2, 3]
+    assert (tmp_path / "checkpoint.keras").exists()
+    assert list((tmp_path / "logs").rglob("events.out.tfevents.*"))
+    assert not (tmp_path / "backup").exists() or not any((tmp_path / "backup").iterdir())
+    loaded = keras.saving.load_model(tmp_path / "checkpoint.keras")
+    np.testing.assert_allclose(
+        np.asarray(loaded(digits.x_test[:8])), np.asarray(model(digits.x_test[:8])), atol=1e-4
+    )
+
+
+def test_multistage_training_with_distillation(tmp_path, digits):
+    teacher_dir = tmp_path / "teacher"
+    base, _ = training.train(
+        small_model_fn(digits),
+        digits,
+        # Small batches: enough steps for BatchNorm's moving statistics to settle.
+        training.TrainConfig(str(teacher_dir), epochs=3, batch_size=16, augment=False, verbose=0),
+    )
+    space = s2d.SearchSpace.from_model(base, num_stages=2)
+    arch = space.default_arch()
+    config = training.TrainConfig(
+        str(tmp_path / "net"),
+        epochs=2,
+        batch_size=16,
+        augment=False,
+        verbose=0,
+        stage_weights=[0.5, 1.0],
+        distill_weight=0.5,
+        distill_temperature=3.0,
+    )
+    net, history = training.train(
+        lambda: s2d.transform(base, arch), digits, config, teacher_fn=lambda: base
+    )
+    assert len(net.outputs) == 2
+    assert np.isfinite(history["loss"]).all()
+    probs = training.predict_stage_probabilities(net, digits.x_test)
+    assert probs.shape == (2, len(digits.x_test), 10)
+    final = (probs[-1].argmax(-1) == digits.y_test).mean()
+    assert final > 0.5, final
+    # The teacher is not trained by the distillation.
+    before = [np.array(w) for w in base.get_weights()]
+    assert all(np.array_equal(a, b) for a, b in zip(before, base.get_weights()))
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, digits):
+    config = training.TrainConfig(str(tmp_path), epochs=1, batch_size=64, augment=False, verbose=0)
+    training.train(small_model_fn(digits), digits, config)
+    checkpoint = tmp_path / "checkpoint.keras"
+    good = checkpoint.read_bytes()
+    poisoned = data.Splits(
+        x_train=np.full_like(digits.x_train, np.nan),
+        y_train=digits.y_train,
+        x_val=digits.x_val,
+        y_val=digits.y_val,
+        x_test=digits.x_test,
+        y_test=digits.y_test,
+        num_classes=digits.num_classes,
+        class_names=digits.class_names,
+        image_shape=digits.image_shape,
+        name="digits",
+    )
+    config.epochs = 3
+    with pytest.raises(training.TrainingDivergedError, match="last good checkpoint"):
+        training.train(small_model_fn(digits), poisoned, config)
+    assert checkpoint.read_bytes() == good
+
+
+def test_bad_config_is_refused(tmp_path, digits):
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        training.train(
+            small_model_fn(digits), digits, training.TrainConfig(str(tmp_path), strategy="tpu")
+        )
+    with pytest.raises(ValueError, match="stage_weights needs one weight per output"):
+        training.train(
+            small_model_fn(digits),
+            digits,
+            training.TrainConfig(str(tmp_path), epochs=1, stage_weights=[1.0, 1.0], verbose=0),
+        )
+
+
+def test_class_count_mismatch_is_refused(tmp_path, digits):
+    with pytest.raises(ValueError, match="classes"):
+        training.train(
+            lambda: build_model("resnet8", num_classes=3, input_shape=(8, 8, 1)),
+            digits,
+            training.TrainConfig(str(tmp_path), epochs=1, verbose=0),
+        )
+
+
+def test_mirrored_over_two_logical_cpus(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [
+            sys.executable, str(TRAIN_BASE), "--model=resnet8", "--epochs=2",
+            "--batch_size=64", "--augment=false", "--strategy=mirrored", "--logical_cpus=2",
+            f"--output_dir={out}", "--verbose=2",
+        ],
+        capture_output=True, text=True, env=env(), timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "base_report.json").read_text())
+    assert report["flags"]["strategy"] == "mirrored"
+    assert "strategy mirrored: 2 replica(s)" in result.stdout
+    assert 0.0 <= report["test_accuracy"] <= 1.0
+    assert (out / "model.keras").exists()
+
+
+def test_multi_worker_is_refused_clearly(tmp_path, digits):
+    config = training.TrainConfig(str(tmp_path), epochs=1, strategy="multi_worker")
+    with pytest.raises(NotImplementedError, match="keras-team/keras#20585"):
+        training.train(small_model_fn(digits), digits, config)
+
+
+def test_killed_mid_epoch_resumes_without_losing_an_epoch(tmp_path):
+    out = tmp_path / "run"
+    command = [
+        sys.executable, str(TRAIN_BASE), "--model=resnet8", "--epochs=5", "--batch_size=8",
+        "--augment=false", f"--output_dir={out}", "--verbose=2",
+    ]
+    proc = subprocess.Popen(command, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    history = out / "history.csv"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if history.exists() and len(read_epochs(history)) >= 2:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("training did not finish two epochs in time")
+        time.sleep(0.3)  # into the next epoch
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    finished = read_epochs(history)
+    assert not (out / "model.keras").exists()
+    result = subprocess.run(command, env=env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    epochs = read_epochs(history)
+    # Every epoch once, and the restart began after the last finished one.
+    assert epochs == list(range(5)), epochs
+    first_after_restart = f"Epoch {len(finished) + 1}/5"
+    assert first_after_restart in result.stdout + result.stderr
+    assert "Epoch 1/5" not in result.stdout + result.stderr
