@@ -116,8 +116,69 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
                 "strategy='multi_worker' needs the TF_CONFIG environment variable describing "
                 "the cluster (see tf.distribute.MultiWorkerMirroredStrategy)."
             )
+        _patch_keras_for_multi_worker()
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={name!r}")
+
+
+def _patch_keras_for_multi_worker() -> None:
+    """Works around keras-team/keras#20585 (open): Keras 3's `fit` fails under
+    MultiWorkerMirroredStrategy in two places, both in its TensorFlow trainer:
+
+    1. `_maybe_symbolic_build` averages the first input batch across workers with an eager
+       collective that cannot take PerReplica values ("Attempt to convert a value
+       (PerReplica...)"), only to learn the input shapes. This worker's local batch has the
+       same shapes, so the patched build uses it.
+    2. `reduce_per_replica(..., "mean")` reduces the (scalar) logged metrics across workers
+       with `axis=0`, which scalars do not have. The patched version reduces scalars with
+       `axis=None`.
+
+    Private Keras API, touched here only; applied once, and only when a multi-worker strategy
+    is made. Remove when the Keras issue is fixed (the multi-worker test will tell).
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    if getattr(tf_trainer, "_s2dnas_multi_worker_patch", False):
+        return
+    cls = tf_trainer.TensorFlowTrainer
+    original_build = cls._maybe_symbolic_build
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        strategy = self._distribute_strategy
+        if iterator is None or not isinstance(
+            strategy, tf.distribute.MultiWorkerMirroredStrategy
+        ):
+            return original_build(self, iterator=iterator, data_batch=data_batch)
+        for _, _, it in iterator:
+            data_batch = tree.map_structure(
+                lambda x: strategy.experimental_local_results(x)[0]
+                if isinstance(x, tf.distribute.DistributedValues)
+                else x,
+                next(it),
+            )
+            break
+        with strategy.scope():
+            self._symbolic_build(data_batch=data_batch)
+
+    original_reduce = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(
+            strategy
+        ):
+
+            def mean(v):
+                if v.shape.rank == 0:
+                    return strategy.reduce("MEAN", v, axis=None)
+                return strategy.reduce("MEAN", v, axis=0)
+
+            return tree.map_structure(mean, values)
+        return original_reduce(values, strategy, reduction)
+
+    cls._maybe_symbolic_build = maybe_symbolic_build
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    tf_trainer._s2dnas_multi_worker_patch = True
 
 
 class DistillingModel(keras.Model):
@@ -230,15 +291,6 @@ def train(
         TrainingDivergedError: The loss became NaN/inf; the last good checkpoint is kept.
     """
     config.validate()
-    if config.strategy == "multi_worker":
-        # Keras 3's fit() fails under MultiWorkerMirroredStrategy (keras-team/keras#20585:
-        # eager collectives on PerReplica batches, then metric reductions); a custom
-        # training loop for it is planned. Refuse clearly instead of failing deep in Keras.
-        raise NotImplementedError(
-            "strategy='multi_worker' is not supported yet: Keras 3's Model.fit does not run "
-            "under tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585). Use "
-            "'default' or 'mirrored'."
-        )
     keras.utils.set_random_seed(config.seed)
     strategy = make_strategy(config.strategy)
     if config.verbose:

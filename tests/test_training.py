@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -163,10 +164,59 @@ def test_mirrored_over_two_logical_cpus(tmp_path):
     assert (out / "model.keras").exists()
 
 
-def test_multi_worker_is_refused_clearly(tmp_path, digits):
-    config = training.TrainConfig(str(tmp_path), epochs=1, strategy="multi_worker")
-    with pytest.raises(NotImplementedError, match="keras-team/keras#20585"):
-        training.train(small_model_fn(digits), digits, config)
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def test_multi_worker_on_localhost(tmp_path):
+    """Two workers on localhost ports, MultiWorkerMirroredStrategy: both train in lockstep,
+    so they end with the same weights and the same test accuracy."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        worker_env = env()
+        worker_env["TF_CONFIG"] = json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable, str(TRAIN_BASE), "--model=resnet8", "--epochs=2",
+                    "--batch_size=32", "--augment=false", "--strategy=multi_worker",
+                    f"--output_dir={tmp_path / f'worker{index}'}", "--verbose=2",
+                ],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=worker_env,
+            )
+        )
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=600)[0])
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, text in zip(procs, outputs):
+        assert proc.returncode == 0, text[-3000:]
+        assert "strategy multi_worker: 2 replica(s)" in text
+    reports = [
+        json.loads((tmp_path / f"worker{i}" / "base_report.json").read_text()) for i in range(2)
+    ]
+    assert reports[0]["flags"]["strategy"] == "multi_worker"
+    assert reports[0]["history"]["loss"] == reports[1]["history"]["loss"]
+    # Trainable weights are all-reduced every step; BatchNorm's moving statistics are each
+    # worker's own (TensorFlow keeps them per worker), so only the former must agree.
+    models = [keras.saving.load_model(tmp_path / f"worker{i}" / "model.keras") for i in range(2)]
+    pairs = list(zip(models[0].trainable_weights, models[1].trainable_weights))
+    assert pairs
+    for a, b in pairs:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_killed_mid_epoch_resumes_without_losing_an_epoch(tmp_path):
