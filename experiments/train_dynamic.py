@@ -1,0 +1,130 @@
+"""Multi-stage training of one architecture (no search), calibration and the run report.
+
+    python experiments/train_dynamic.py --flagfile=experiments/configs/dynamic_cifar10_resnet20.flags
+
+Starts from a trained static model (`--base_model=model.keras`, e.g. from train_base.py),
+builds the S-stage network of `--tokens` (or the space's default architecture), trains it
+from the inherited weights with sum_s w_s CE_s (+ distillation from the static model),
+calibrates exit thresholds on the validation split for `--flops_budget` and writes into
+--output_dir: config.json, arch.json, multistage.keras, report.json, report.md, curve.png.
+Killed and started again with the same command, training resumes from its last epoch.
+"""
+
+import os
+import sys
+import time
+
+import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+from absl import flags
+
+FLAGS = flags.FLAGS
+cli_common.define_data_flags()
+cli_common.define_train_flags()
+flags.DEFINE_string("base_model", None, "The trained static model (.keras).")
+flags.DEFINE_integer("num_stages", 3, "Number of stages S.")
+flags.DEFINE_list("tokens", None, "Architecture tokens; default: the space's default arch.")
+flags.DEFINE_float("flops_budget", 0.5, "Average-FLOPs budget, a fraction of the static model's.")
+flags.DEFINE_list("stage_weights", None, "Loss weight per stage (default all 1).")
+flags.DEFINE_float("distill_weight", 1.0, "Weight of distillation from the static model (0: off).")
+flags.DEFINE_float("distill_temperature", 4.0, "Distillation temperature.")
+flags.DEFINE_string("output_dir", None, "Where the run's files go.")
+flags.DEFINE_boolean("overwrite", False, "Redo a finished run in output_dir.")
+flags.mark_flags_as_required(["base_model", "output_dir"])
+flags.register_validator("num_stages", lambda v: v >= 1, "--num_stages must be >= 1.")
+flags.register_validator(
+    "flops_budget", lambda v: 0 < v <= 1, "--flops_budget must be in (0, 1]."
+)
+flags.register_validator(
+    "base_model",
+    lambda v: v is None or os.path.isfile(v),
+    "--base_model must be an existing .keras file.",
+)
+
+
+def main(argv):
+    del argv
+    cli_common.configure_logical_cpus(FLAGS.logical_cpus)
+    import keras
+    import numpy as np
+
+    import s2dnas_tf as s2d
+    from s2dnas_tf import data, report, training
+
+    out = FLAGS.output_dir
+    if os.path.exists(os.path.join(out, "report.json")) and not FLAGS.overwrite:
+        return cli_common.usage_error(
+            f"{out} holds a finished run (report.json); pass --overwrite to redo it."
+        )
+    os.makedirs(out, exist_ok=True)
+    cli_common.write_json(os.path.join(out, "config.json"), cli_common.resolved_flags())
+    try:
+        splits = data.load_dataset(cli_common.data_config())
+        base = keras.saving.load_model(FLAGS.base_model)
+        data.check_num_classes(splits, base)
+        space = s2d.SearchSpace.from_model(base, num_stages=FLAGS.num_stages)
+        arch = space.decode([int(t) for t in FLAGS.tokens]) if FLAGS.tokens else (
+            space.default_arch()
+        )
+        weights = [float(w) for w in FLAGS.stage_weights] if FLAGS.stage_weights else None
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        return cli_common.usage_error(str(e))
+    print(space.describe(), flush=True)
+    print(arch, flush=True)
+    cli_common.write_json(os.path.join(out, "arch.json"), arch.to_dict())
+
+    static_flops = s2d.count_flops(base)
+    static_probs = training.predict_stage_probabilities(base, splits.x_test)[0]
+    static_accuracy = float((static_probs.argmax(-1) == splits.y_test).mean())
+    print(f"static: test accuracy {static_accuracy:.4f}, FLOPs {static_flops:,}", flush=True)
+
+    config = cli_common.train_config(
+        os.path.join(out, "train"),
+        stage_weights=weights,
+        distill_weight=FLAGS.distill_weight,
+        distill_temperature=FLAGS.distill_temperature,
+    )
+    start = time.time()
+    try:
+        net, history = training.train(
+            lambda: s2d.transform(base, arch),
+            splits,
+            config,
+            teacher_fn=lambda: keras.saving.load_model(FLAGS.base_model),
+        )
+    except training.TrainingDivergedError as e:
+        print(f"train_dynamic.py: {e}", file=sys.stderr)
+        return 1
+    train_seconds = time.time() - start
+    net.save(os.path.join(out, "multistage.keras"))
+    stage_flops = s2d.stage_flops(net)
+    print("calibrating on the validation split ...", flush=True)
+    val_probs = training.predict_stage_probabilities(net, splits.x_val)
+    test_probs = training.predict_stage_probabilities(net, splits.x_test)
+    result = report.build_report(
+        dataset=splits.name,
+        model=base.name,
+        static_accuracy=static_accuracy,
+        static_flops=static_flops,
+        stage_flops=stage_flops,
+        val_probs=val_probs,
+        val_labels=splits.y_val,
+        test_probs=test_probs,
+        test_labels=splits.y_test,
+        flops_budget_ratio=FLAGS.flops_budget,
+        arch=arch.to_dict(),
+        extra={"train_seconds": train_seconds, "history": history},
+    )
+    report.write_report(result, out)
+    dyn = result["dynamic"]
+    print(
+        f"dynamic: test accuracy {dyn['accuracy']:.4f} at {dyn['flops_ratio']:.1%} of the "
+        f"static FLOPs (exits {', '.join(f'{f:.2f}' for f in dyn['exit_fractions'])}); "
+        f"oracle {result['oracle']['accuracy']:.4f} at "
+        f"{result['oracle']['avg_flops'] / static_flops:.1%}; wrote {out}/report.md",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    cli_common.run(main)
