@@ -12,7 +12,6 @@ Killed and started again with the same command, training resumes from its last e
 
 import os
 import sys
-import time
 
 import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 from absl import flags
@@ -45,10 +44,9 @@ def main(argv):
     del argv
     cli_common.configure_logical_cpus(FLAGS.logical_cpus)
     import keras
-    import numpy as np
 
     import s2dnas_tf as s2d
-    from s2dnas_tf import data, report, training
+    from s2dnas_tf import data, pipeline, training
 
     out = FLAGS.output_dir
     if os.path.exists(os.path.join(out, "report.json")) and not FLAGS.overwrite:
@@ -72,57 +70,26 @@ def main(argv):
     print(arch, flush=True)
     cli_common.write_json(os.path.join(out, "arch.json"), arch.to_dict())
 
-    static_flops = s2d.count_flops(base)
-    static_probs = training.predict_stage_probabilities(base, splits.x_test)[0]
-    static_accuracy = float((static_probs.argmax(-1) == splits.y_test).mean())
-    print(f"static: test accuracy {static_accuracy:.4f}, FLOPs {static_flops:,}", flush=True)
-
     config = cli_common.train_config(
         os.path.join(out, "train"),
         stage_weights=weights,
         distill_weight=FLAGS.distill_weight,
         distill_temperature=FLAGS.distill_temperature,
     )
-    start = time.time()
     try:
-        net, history = training.train(
-            lambda: s2d.transform(base, arch),
-            splits,
-            config,
+        pipeline.train_and_report(
+            base=base,
             teacher_fn=lambda: keras.saving.load_model(FLAGS.base_model),
+            arch=arch,
+            splits=splits,
+            train_config=config,
+            flops_budget_ratio=FLAGS.flops_budget,
+            output_dir=out,
+            log=lambda m: print(m, flush=True),
         )
     except training.TrainingDivergedError as e:
         print(f"train_dynamic.py: {e}", file=sys.stderr)
         return 1
-    train_seconds = time.time() - start
-    net.save(os.path.join(out, "multistage.keras"))
-    stage_flops = s2d.stage_flops(net)
-    print("calibrating on the validation split ...", flush=True)
-    val_probs = training.predict_stage_probabilities(net, splits.x_val)
-    test_probs = training.predict_stage_probabilities(net, splits.x_test)
-    result = report.build_report(
-        dataset=splits.name,
-        model=base.name,
-        static_accuracy=static_accuracy,
-        static_flops=static_flops,
-        stage_flops=stage_flops,
-        val_probs=val_probs,
-        val_labels=splits.y_val,
-        test_probs=test_probs,
-        test_labels=splits.y_test,
-        flops_budget_ratio=FLAGS.flops_budget,
-        arch=arch.to_dict(),
-        extra={"train_seconds": train_seconds, "history": history},
-    )
-    report.write_report(result, out)
-    dyn = result["dynamic"]
-    print(
-        f"dynamic: test accuracy {dyn['accuracy']:.4f} at {dyn['flops_ratio']:.1%} of the "
-        f"static FLOPs (exits {', '.join(f'{f:.2f}' for f in dyn['exit_fractions'])}); "
-        f"oracle {result['oracle']['accuracy']:.4f} at "
-        f"{result['oracle']['avg_flops'] / static_flops:.1%}; wrote {out}/report.md",
-        flush=True,
-    )
     return 0
 
 

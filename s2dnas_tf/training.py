@@ -183,7 +183,10 @@ def _patch_keras_for_multi_worker() -> None:
 
 class DistillingModel(keras.Model):
     """Wraps a multi-stage net for training: each stage's loss gets a distillation term from a
-    frozen teacher (the original model), computed on the same (augmented) images."""
+    frozen teacher (the original model), computed on the same (augmented) images.
+
+    The teacher is frozen (`trainable = False`) while the wrapper trains; `train` restores its
+    flag afterwards, so a caller's model is left as it was given."""
 
     def __init__(self, net, teacher, weight: float, temperature: float, **kwargs):
         super().__init__(**kwargs)
@@ -313,8 +316,10 @@ def train(
         if config.distill_weight > 0:
             if teacher_fn is None:
                 raise ValueError("distill_weight > 0 needs a teacher_fn (the original model).")
+            teacher = teacher_fn()
+            teacher_was_trainable = teacher.trainable
             model = DistillingModel(
-                net, teacher_fn(), config.distill_weight, config.distill_temperature
+                net, teacher, config.distill_weight, config.distill_temperature
             )
             model(np.zeros((1,) + tuple(splits.image_shape), "float32"))  # build it
         train_ds = data_lib.make_dataset(
@@ -365,14 +370,18 @@ def train(
         keras.callbacks.TensorBoard(os.path.join(out, "logs"), update_freq="epoch"),
         keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
     ]
-    history = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=config.epochs,
-        steps_per_epoch=steps if config.steps_per_epoch else None,
-        callbacks=callbacks,
-        verbose=config.verbose,
-    )
+    try:
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            steps_per_epoch=steps if config.steps_per_epoch else None,
+            callbacks=callbacks,
+            verbose=config.verbose,
+        )
+    finally:
+        if model is not net:  # give the caller's teacher back as it came
+            model.teacher.trainable = teacher_was_trainable
     if guard.diverged_at is not None:
         epoch, batch, value = guard.diverged_at
         kept = (

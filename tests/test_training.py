@@ -87,18 +87,23 @@ def test_multistage_training_with_distillation(tmp_path, digits):
         distill_weight=0.5,
         distill_temperature=3.0,
     )
+    base_weights = [np.array(w) for w in base.get_weights()]
     net, history = training.train(
         lambda: s2d.transform(base, arch), digits, config, teacher_fn=lambda: base
     )
+    for a, b in zip(base_weights, base.get_weights()):
+        np.testing.assert_array_equal(a, b)
     assert len(net.outputs) == 2
     assert np.isfinite(history["loss"]).all()
     probs = training.predict_stage_probabilities(net, digits.x_test)
     assert probs.shape == (2, len(digits.x_test), 10)
     final = (probs[-1].argmax(-1) == digits.y_test).mean()
     assert final > 0.5, final
-    # The teacher is not trained by the distillation.
-    before = [np.array(w) for w in base.get_weights()]
-    assert all(np.array_equal(a, b) for a, b in zip(before, base.get_weights()))
+    # The teacher is neither trained nor left frozen: the next transform of it trains.
+    assert base.trainable
+    assert all(layer.trainable for layer in base.layers)
+    again = s2d.transform(base, arch)
+    assert again.trainable_weights and all(layer.trainable for layer in again.layers)
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, digits):

@@ -1,0 +1,94 @@
+"""The steps after choosing an architecture, shared by train_dynamic.py and search.py:
+train the multi-stage network from the inherited weights, calibrate, report (DESIGN §6, §4,
+§10). Library code: takes arguments, never flags."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+
+from s2dnas_tf import data as data_lib
+from s2dnas_tf import report as report_lib
+from s2dnas_tf import rewriter, training
+from s2dnas_tf.flops import count_flops
+from s2dnas_tf.space import Arch
+
+
+def static_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+    probs = training.predict_stage_probabilities(model, x)[0]
+    return float((probs.argmax(-1) == y).mean())
+
+
+def train_and_report(
+    *,
+    base: keras.Model,
+    teacher_fn: Callable[[], keras.Model],
+    arch: Arch,
+    splits: data_lib.Splits,
+    train_config: training.TrainConfig,
+    flops_budget_ratio: float,
+    output_dir: str,
+    search: dict | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Trains `arch`'s multi-stage net from `base`, calibrates on validation, reports on test.
+
+    Writes `multistage.keras`, `report.json`, `report.md` and `curve.png` into `output_dir`.
+
+    Args:
+        base: The trained static model (not modified).
+        teacher_fn: Builds the distillation teacher (called inside the strategy's scope).
+        arch: The architecture.
+        splits: The data.
+        train_config: How to train the multi-stage net (its output_dir holds the resume state).
+        flops_budget_ratio: The FLOPs budget, a fraction of the static model's.
+        output_dir: Where the files go.
+        search: The search summary for the report, if a search chose `arch`.
+        log: Progress output.
+
+    Returns:
+        The report dict.
+
+    Raises:
+        training.TrainingDivergedError: If training diverges.
+    """
+    static_flops = count_flops(base)
+    static_acc = static_accuracy(base, splits.x_test, splits.y_test)
+    log(f"static: test accuracy {static_acc:.4f}, FLOPs {static_flops:,}")
+    start = time.time()
+    net, history = training.train(
+        lambda: rewriter.transform(base, arch), splits, train_config, teacher_fn=teacher_fn
+    )
+    train_seconds = time.time() - start
+    tmp = os.path.join(output_dir, "multistage.tmp.keras")
+    net.save(tmp)
+    os.replace(tmp, os.path.join(output_dir, "multistage.keras"))
+    log("calibrating on the validation split ...")
+    result = report_lib.build_report(
+        dataset=splits.name,
+        model=base.name,
+        static_accuracy=static_acc,
+        static_flops=static_flops,
+        stage_flops=rewriter.stage_flops(net),
+        val_probs=training.predict_stage_probabilities(net, splits.x_val),
+        val_labels=splits.y_val,
+        test_probs=training.predict_stage_probabilities(net, splits.x_test),
+        test_labels=splits.y_test,
+        flops_budget_ratio=flops_budget_ratio,
+        arch=arch.to_dict(),
+        search=search,
+        extra={"train_seconds": train_seconds, "history": history},
+    )
+    report_lib.write_report(result, output_dir)
+    dyn, oracle = result["dynamic"], result["oracle"]
+    log(
+        f"dynamic: test accuracy {dyn['accuracy']:.4f} at {dyn['flops_ratio']:.1%} of the "
+        f"static FLOPs (exits {', '.join(f'{f:.2f}' for f in dyn['exit_fractions'])}); "
+        f"oracle {oracle['accuracy']:.4f} at {oracle['avg_flops'] / static_flops:.1%}; "
+        f"wrote {output_dir}/report.md"
+    )
+    return result
