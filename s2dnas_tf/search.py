@@ -1,0 +1,268 @@
+"""The architecture search (DESIGN §5): rewards, the evaluation cache and the resumable loop.
+
+`run_search` drives either searcher through one code path:
+
+- `"rl"`: the REINFORCE controller (`controller.Controller`) samples a batch of
+  architectures, each is evaluated (or read from the cache), the controller is updated on
+  the batch's rewards and its state checkpointed;
+- `"random"`: uniform samples from the space (`SearchSpace.sample`), same loop, no update.
+
+The search stops after `num_candidates` *distinct* architectures have been evaluated (a
+cached architecture is never paid for twice and does not count), or after
+`max_samples_factor * num_candidates` samples.
+
+Resumption: every evaluation is appended to `search_log.jsonl` as soon as it is done, and the
+controller state is written (atomically) after every update. A run killed at any moment and
+started again restores the controller from its last update, samples the same batch again
+(the sampling generator is part of the state) and finds the already-evaluated architectures
+in the log: nothing evaluated is lost, nothing is paid for twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from s2dnas_tf import calibration
+from s2dnas_tf.space import Arch, SearchSpace
+
+SEARCHERS = ("rl", "random")
+REWARDS = ("budget", "linear")
+
+
+@dataclasses.dataclass
+class RewardConfig:
+    """How a candidate's validation outputs become a reward.
+
+    Attributes:
+        kind: "budget": validation accuracy at the FLOPs budget (thresholds calibrated for
+            it), minus `budget_penalty * (cheapest / budget - 1)` when even exiting every
+            sample at stage 1 exceeds the budget; "linear": the best accuracy - lambda *
+            (average FLOPs / static FLOPs) over the calibrated accuracy-FLOPs curve.
+        flops_budget: The budget as a fraction of the static FLOPs, in (0, 1].
+        flops_lambda: lambda of the linear reward.
+        budget_penalty: Penalty per unit of relative budget overshoot.
+    """
+
+    kind: str = "budget"
+    flops_budget: float = 0.5
+    flops_lambda: float = 0.5
+    budget_penalty: float = 1.0
+
+    def validate(self) -> None:
+        if self.kind not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}. Received: {self.kind!r}")
+        if not 0 < self.flops_budget <= 1:
+            raise ValueError(
+                f"flops_budget must be in (0, 1]. Received: flops_budget={self.flops_budget!r}"
+            )
+        if self.flops_lambda < 0 or self.budget_penalty < 0:
+            raise ValueError(
+                "flops_lambda and budget_penalty must be >= 0. Received: "
+                f"flops_lambda={self.flops_lambda!r}, budget_penalty={self.budget_penalty!r}"
+            )
+
+
+def compute_reward(
+    val_probs: np.ndarray,
+    val_labels: np.ndarray,
+    stage_flops: list[int],
+    static_flops: int,
+    config: RewardConfig,
+) -> dict:
+    """The reward of one candidate from its stages' validation softmax outputs.
+
+    Returns:
+        {"reward", "val_accuracy", "avg_flops", "flops_ratio", "thresholds", "budget_met"}.
+    """
+    if config.kind == "budget":
+        budget = config.flops_budget * static_flops
+        try:
+            best = calibration.calibrate_for_budget(val_probs, val_labels, stage_flops, budget)
+            reward, met = best.accuracy, True
+        except calibration.BudgetNotMetError as e:
+            cheapest = [0.0] * (len(stage_flops) - 1)
+            best = calibration.evaluate_policy(val_probs, val_labels, stage_flops, cheapest)
+            reward = best.accuracy - config.budget_penalty * (e.cheapest_flops / budget - 1)
+            met = False
+    else:
+        front = calibration.accuracy_flops_curve(val_probs, val_labels, stage_flops)
+        scores = [p.accuracy - config.flops_lambda * p.avg_flops / static_flops for p in front]
+        best = front[int(np.argmax(scores))]
+        reward, met = float(max(scores)), True
+    return {
+        "reward": float(reward),
+        "val_accuracy": float(best.accuracy),
+        "avg_flops": float(best.avg_flops),
+        "flops_ratio": float(best.avg_flops / static_flops),
+        "thresholds": [float(t) for t in best.thresholds],
+        "budget_met": met,
+    }
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """The search loop.
+
+    Attributes:
+        searcher: "rl" or "random".
+        num_candidates: Distinct architectures to evaluate.
+        batch_size: Architectures per controller update.
+        seed: Seeds the controller / the random samples.
+        max_samples_factor: Stop after this many samples per candidate (a converged
+            controller keeps re-sampling cached architectures).
+    """
+
+    searcher: str = "rl"
+    num_candidates: int = 20
+    batch_size: int = 4
+    seed: int = 0
+    max_samples_factor: int = 10
+
+    def validate(self) -> None:
+        if self.searcher not in SEARCHERS:
+            raise ValueError(f"searcher must be one of {SEARCHERS}. Received: {self.searcher!r}")
+        if self.num_candidates < 1 or self.batch_size < 1:
+            raise ValueError(
+                "num_candidates and batch_size must be >= 1. Received: "
+                f"num_candidates={self.num_candidates!r}, batch_size={self.batch_size!r}"
+            )
+
+
+class SearchLog:
+    """`search_log.jsonl`: one JSON line per evaluated architecture, appended and flushed
+    as each evaluation ends. A torn last line (killed mid-write) is ignored on reading."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: list[dict] = []
+        if os.path.exists(path):
+            with open(path) as f:
+                lines = f.read().split("\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    self.records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # the torn tail of a killed write; everything before it is good
+            self._rewrite()
+        self.cache = {tuple(r["tokens"]): r for r in self.records}
+
+    def _rewrite(self):
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            for r in self.records:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.append(record)
+        self.cache[tuple(record["tokens"])] = record
+
+    def best(self) -> dict | None:
+        return max(self.records, key=lambda r: r["reward"]) if self.records else None
+
+
+def run_search(
+    space: SearchSpace,
+    evaluate: Callable[[Arch], dict],
+    config: SearchConfig,
+    output_dir: str,
+    controller_config=None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Searches `space`, resuming from `output_dir` if a previous run stopped there.
+
+    Args:
+        space: The architecture space.
+        evaluate: arch -> dict with at least "reward", "val_accuracy", "avg_flops",
+            "flops_ratio" (e.g. a short fine-tune + `compute_reward`).
+        config: The loop's settings.
+        output_dir: Holds `search_log.jsonl` and `controller.json`.
+        controller_config: `controller.ControllerConfig` for the RL searcher.
+        log: Progress output (one line per candidate).
+
+    Returns:
+        {"best": the best log record, "evaluated": int, "seconds": float, "samples": int}.
+    """
+    config.validate()
+    os.makedirs(output_dir, exist_ok=True)
+    search_log = SearchLog(os.path.join(output_dir, "search_log.jsonl"))
+    state_path = os.path.join(output_dir, "controller.json")
+    controller = None
+    if config.searcher == "rl":
+        from s2dnas_tf import controller as controller_lib
+
+        cfg = controller_config or controller_lib.ControllerConfig(seed=config.seed)
+        controller = controller_lib.Controller(space.token_kinds(), space.token_choices(), cfg)
+        if os.path.exists(state_path):
+            with open(state_path) as f:
+                saved = json.load(f)
+            controller.set_state(saved["controller"])
+            samples = saved["samples"]
+        else:
+            samples = 0
+    else:
+        samples = 0
+    if search_log.records:
+        log(f"resuming: {len(search_log.records)} architectures already evaluated")
+    max_samples = config.max_samples_factor * config.num_candidates
+    while len(search_log.records) < config.num_candidates and samples < max_samples:
+        batch = []
+        for _ in range(config.batch_size):
+            if controller is not None:
+                tokens, _ = controller.sample(space.valid_choices)
+            else:
+                tokens = space.sample(config.seed * 1_000_003 + samples).tokens
+            samples += 1
+            batch.append(list(tokens))
+        rewards = []
+        for tokens in batch:
+            record = search_log.cache.get(tuple(tokens))
+            if record is None:
+                if len(search_log.records) >= config.num_candidates:
+                    break
+                arch = space.decode(tokens)
+                start = time.time()
+                result = evaluate(arch)
+                record = {
+                    "step": len(search_log.records),
+                    "tokens": tokens,
+                    **result,
+                    "seconds": time.time() - start,
+                }
+                search_log.append(record)
+                log(
+                    f"[{config.searcher}] candidate {record['step'] + 1}/"
+                    f"{config.num_candidates}: reward {record['reward']:.4f}  val acc "
+                    f"{record['val_accuracy']:.4f}  FLOPs ratio {record['flops_ratio']:.3f}  "
+                    f"{record['seconds']:.0f} s  tokens {tokens}"
+                )
+            rewards.append(record["reward"])
+        if controller is not None and len(rewards) == len(batch):
+            stats = controller.update(batch, rewards, space.valid_choices)
+            tmp = state_path + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"controller": controller.get_state(), "samples": samples}, f)
+            os.replace(tmp, state_path)
+            log(
+                f"[rl] update: mean reward {stats['mean_reward']:.4f}  baseline "
+                f"{stats['baseline']:.4f}  entropy {stats['entropy']:.3f}"
+            )
+    best = search_log.best()
+    return {
+        "best": best,
+        "evaluated": len(search_log.records),
+        "seconds": float(sum(r["seconds"] for r in search_log.records)),
+        "samples": samples,
+    }

@@ -1,0 +1,227 @@
+"""The search loop (DESIGN §5): rewards, cache, determinism, resume; search.py end to end."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import s2dnas_tf as s2d
+from s2dnas_tf import search
+from s2dnas_tf.models import build_model
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def space():
+    return s2d.SearchSpace.from_model(build_model("resnet8", input_shape=(8, 8, 1)), num_stages=3)
+
+
+def toy_evaluate(space, calls):
+    """A known reward landscape: closeness to a target architecture (for the loop's tests;
+    the real evaluation fine-tunes the candidate)."""
+    target = np.array(space.default_arch().tokens)
+
+    def evaluate(arch):
+        calls.append(tuple(arch.tokens))
+        distance = np.abs(np.array(arch.tokens) - target).sum()
+        return {"reward": float(-distance), "val_accuracy": 0.5, "avg_flops": 1.0,
+                "flops_ratio": 0.5}
+
+    return evaluate
+
+
+# --- rewards ----------------------------------------------------------------------------------
+
+
+def two_stage_probs():
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array(
+        [
+            [[0.9, 0.1], [0.6, 0.4], [0.95, 0.05], [0.55, 0.45]],  # right on 0, 2
+            [[0.8, 0.2], [0.1, 0.9], [0.8, 0.2], [0.2, 0.8]],  # right everywhere
+        ]
+    )
+    return probs, labels
+
+
+def test_budget_reward_is_accuracy_at_budget():
+    probs, labels = two_stage_probs()
+    # static 100, stages cost 20 and 60: budget 0.5 -> 50 allows 3/4 of samples... exits at
+    # stage 1 for the two confident right ones (0.9, 0.95) -> 0.5*20 + 0.5*60 = 40 <= 50.
+    r = search.compute_reward(probs, labels, [20, 60], 100, search.RewardConfig("budget", 0.5))
+    assert r["reward"] == 1.0 and r["budget_met"]
+    assert r["avg_flops"] <= 50 and r["flops_ratio"] == r["avg_flops"] / 100
+
+
+def test_budget_penalty_when_unreachable():
+    probs, labels = two_stage_probs()
+    r = search.compute_reward(
+        probs, labels, [30, 60], 100, search.RewardConfig("budget", 0.2, budget_penalty=1.0)
+    )
+    # Cheapest: everyone exits at stage 1 (30 FLOPs, accuracy 0.5); overshoot 30/20 - 1 = 0.5.
+    assert not r["budget_met"]
+    assert r["reward"] == pytest.approx(0.5 - 0.5)
+
+
+def test_linear_reward():
+    probs, labels = two_stage_probs()
+    r = search.compute_reward(
+        probs, labels, [20, 60], 100, search.RewardConfig("linear", flops_lambda=0.5)
+    )
+    # Best trade-off: the confident ones exit (40 FLOPs avg, all right): 1 - 0.5 * 0.4 = 0.8.
+    assert r["reward"] == pytest.approx(0.8)
+
+
+def test_reward_config_validation():
+    with pytest.raises(ValueError, match="reward must be one of"):
+        search.RewardConfig(kind="energy").validate()
+    with pytest.raises(ValueError, match=r"flops_budget must be in \(0, 1\]"):
+        search.RewardConfig(flops_budget=0).validate()
+
+
+# --- the loop ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("searcher", ["random", "rl"])
+def test_same_seed_same_architectures_and_cache(tmp_path, space, searcher):
+    runs = []
+    for i in range(2):
+        calls = []
+        config = search.SearchConfig(searcher=searcher, num_candidates=10, batch_size=4, seed=3)
+        summary = search.run_search(
+            space, toy_evaluate(space, calls), config, str(tmp_path / f"run{i}"), log=lambda m: None
+        )
+        assert summary["evaluated"] == 10
+        assert len(calls) == len(set(calls)) == 10  # nothing paid for twice
+        runs.append(calls)
+    assert runs[0] == runs[1]
+    log = [json.loads(line) for line in (tmp_path / "run0" / "search_log.jsonl").open()]
+    assert [tuple(r["tokens"]) for r in log] == runs[0]
+    assert {"step", "tokens", "reward", "val_accuracy", "avg_flops", "seconds"} <= set(log[0])
+
+
+def test_interrupted_search_resumes_without_repaying(tmp_path, space):
+    """A crash in the middle of a batch (after some evaluations were logged) and a restart
+    give exactly the log of an uninterrupted run, each architecture evaluated once."""
+    config = search.SearchConfig(searcher="rl", num_candidates=12, batch_size=4, seed=1)
+    full_calls = []
+    search.run_search(space, toy_evaluate(space, full_calls), config, str(tmp_path / "full"),
+                      log=lambda m: None)
+
+    calls = []
+    evaluate = toy_evaluate(space, calls)
+
+    def crashing(arch):
+        if len(calls) == 6:
+            raise KeyboardInterrupt("killed")
+        return evaluate(arch)
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(space, crashing, config, str(tmp_path / "cut"), log=lambda m: None)
+    assert len(calls) == 6
+    # The torn tail of a write cut short is ignored on restart.
+    with open(tmp_path / "cut" / "search_log.jsonl", "a") as f:
+        f.write('{"step": 6, "tok')
+    search.run_search(space, evaluate, config, str(tmp_path / "cut"), log=lambda m: None)
+    assert calls == full_calls
+    cut_log = [json.loads(line)["tokens"] for line in (tmp_path / "cut" / "search_log.jsonl").open()]
+    full_log = [json.loads(line)["tokens"] for line in (tmp_path / "full" / "search_log.jsonl").open()]
+    assert cut_log == full_log
+
+
+def test_rl_beats_random_on_a_known_landscape(tmp_path, space):
+    from s2dnas_tf.controller import ControllerConfig
+
+    results = {}
+    for searcher in ("rl", "random"):
+        calls = []
+        config = search.SearchConfig(searcher=searcher, num_candidates=64, batch_size=8, seed=0)
+        summary = search.run_search(space, toy_evaluate(space, calls), config,
+                                    str(tmp_path / searcher), log=lambda m: None,
+                                    controller_config=ControllerConfig(learning_rate=0.03))
+        log = [json.loads(line) for line in (tmp_path / searcher / "search_log.jsonl").open()]
+        results[searcher] = (summary["best"]["reward"], np.mean([r["reward"] for r in log[-16:]]))
+    assert results["rl"][1] > results["random"][1], results
+
+
+def test_search_config_validation():
+    with pytest.raises(ValueError, match="searcher must be one of"):
+        search.SearchConfig(searcher="evolution").validate()
+
+
+# --- experiments/search.py --------------------------------------------------------------------
+
+
+def _env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+
+
+SMALL = ["--dataset=digits", "--model=resnet8", "--base_epochs=3", "--num_candidates=3",
+         "--search_batch_size=2", "--candidate_steps=5", "--epochs=1", "--batch_size=32",
+         "--verbose=0"]
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--num_stages=0"], "--num_stages must be >= 1"),
+        (["--flops_budget=0"], "--flops_budget must be in (0, 1]"),
+        (["--flops_budget=1.5"], "--flops_budget must be in (0, 1]"),
+        (["--model=resnet1000"], "--model must be one of"),
+        (["--dataset=imagenet"], "dataset"),
+        (["--base_model=/missing.keras"], "--base_model must be an existing .keras file"),
+        (["--searcher=evolution"], "searcher"),
+    ],
+)
+def test_search_flag_errors_exit_2(tmp_path, args, expected):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "search.py"), f"--output_dir={tmp_path}",
+         *args],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr
+    assert len([l for l in result.stderr.strip().splitlines() if l.strip()]) <= 2
+
+
+def test_search_killed_and_restarted_continues(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "experiments" / "search.py"), f"--output_dir={out}",
+               "--num_candidates=4", *[a for a in SMALL if not a.startswith("--num_candidates")]]
+    proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    log_path = out / "search_log.jsonl"
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if log_path.exists() and len(log_path.read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail("the search did not evaluate two candidates in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    before = [json.loads(l) for l in log_path.read_text().splitlines() if l.strip()]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming:" in result.stdout
+    after = [json.loads(l) for l in log_path.read_text().splitlines()]
+    assert [r["tokens"] for r in after[: len(before)]] == [r["tokens"] for r in before]
+    assert len(after) == 4 and len({tuple(r["tokens"]) for r in after}) == 4
+    for name in ("config.json", "search_log.jsonl", "arch.json", "report.json", "report.md",
+                 "curve.png"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["evaluated"] == 4
+    # A finished run is not overwritten without --overwrite.
+    again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--overwrite" in again.stderr
