@@ -187,8 +187,8 @@ def test_search_flag_errors_exit_2(tmp_path, args, expected):
         capture_output=True, text=True, env=_env(), timeout=300,
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    assert expected in result.stderr
-    assert len([l for l in result.stderr.strip().splitlines() if l.strip()]) <= 2
+    # One line says what is accepted (TensorFlow's own start-up lines may precede it).
+    assert expected in result.stderr.strip().splitlines()[-1]
 
 
 def test_search_killed_and_restarted_continues(tmp_path):
