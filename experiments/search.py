@@ -42,6 +42,10 @@ flags.DEFINE_float("distill_temperature", 4.0, "Distillation temperature.")
 flags.DEFINE_boolean("deterministic", True, "TensorFlow op determinism (same seed, same run).")
 flags.DEFINE_string("output_dir", None, "Where the run's files go.")
 flags.DEFINE_boolean("overwrite", False, "Start afresh in an output_dir holding a finished run.")
+flags.DEFINE_boolean(
+    "stop_after_search", False,
+    "Stop once arch.json is written (compare searchers without training each winner).",
+)
 flags.mark_flag_as_required("output_dir")
 flags.register_validator("num_stages", lambda v: v >= 1, "--num_stages must be >= 1.")
 flags.register_validator(
@@ -179,7 +183,14 @@ def main(argv):
         f"search done: {summary['evaluated']} architectures in {summary['seconds']:.0f} s; "
         f"best reward {best['reward']:.4f}:\n{arch}"
     )
-    cli_common.write_json(os.path.join(out, "arch.json"), {**arch.to_dict(), "search": best})
+    cli_common.write_json(
+        os.path.join(out, "arch.json"),
+        {**arch.to_dict(), "search": best, "summary": {k: v for k, v in summary.items()
+                                                       if k != "best"}},
+    )
+    if FLAGS.stop_after_search:
+        _say(f"--stop_after_search: wrote {out}/arch.json")
+        return 0
 
     # 3.-5. Train the best architecture, calibrate, report.
     try:

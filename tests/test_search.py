@@ -225,3 +225,31 @@ def test_search_killed_and_restarted_continues(tmp_path):
     # A finished run is not overwritten without --overwrite.
     again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_quickstart_end_to_end(tmp_path):
+    """README's quickstart: the whole pipeline on the built-in digits, as users run it."""
+    out = tmp_path / "quickstart"
+    start = time.time()
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "search.py"),
+         f"--flagfile={ROOT / 'experiments' / 'configs' / 'quickstart.flags'}",
+         f"--output_dir={out}"],
+        capture_output=True, text=True, env=_env(), timeout=900, cwd=ROOT,
+    )
+    seconds = time.time() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["dataset"] == "digits" and report["num_stages"] == 3
+    assert report["search"]["evaluated"] == 6
+    assert report["static"]["accuracy"] > 0.9
+    # Calibrated for 50% of the static FLOPs on validation; measured on test.
+    assert report["dynamic"]["flops_ratio"] <= 0.6
+    assert report["dynamic"]["accuracy"] > 0.8
+    lines = (out / "search_log.jsonl").read_text().splitlines()
+    assert len(lines) == 6
+    arch = json.loads((out / "arch.json").read_text())
+    assert arch["tokens"] == json.loads(lines[0])["tokens"] or arch["search"]["reward"] == max(
+        json.loads(l)["reward"] for l in lines
+    )
+    print(f"quickstart wall time {seconds:.0f} s")
