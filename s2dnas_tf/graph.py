@@ -79,6 +79,9 @@ class Graph:
     tensors: dict[int, TensorInfo]
     inputs: list[int]
     outputs: list[int]
+    # key -> the model's own symbolic KerasTensor, to cut sub-models out of the graph with
+    # keras.Model(inputs=..., outputs=...) (e.g. one model per stage for export).
+    keras_tensors: dict = dataclasses.field(default_factory=dict)
 
     def consumers(self, key: int) -> list[OpNode]:
         return [n for n in self.nodes if key in n.inputs]
@@ -121,11 +124,13 @@ def _inbound_node(operation, node_index):
     return operation._inbound_nodes[node_index]
 
 
-def trace(model: keras.Model) -> Graph:
+def trace(model: keras.Model, single_output: bool = True) -> Graph:
     """Flattens `model` into a `Graph`.
 
     Args:
-        model: A built Keras 3 functional or Sequential model with one input and one output.
+        model: A built Keras 3 functional or Sequential model with one input and (unless
+            `single_output` is False, e.g. for a multi-stage net) one output.
+        single_output: Refuse models with several outputs.
 
     Returns:
         The flat graph, nodes in topological order.
@@ -135,7 +140,7 @@ def trace(model: keras.Model) -> Graph:
         ValueError: If it is unbuilt or has several inputs or outputs.
     """
     functional = _as_functional(model)
-    if len(functional.inputs) != 1 or len(functional.outputs) != 1:
+    if len(functional.inputs) != 1 or (single_output and len(functional.outputs) != 1):
         raise ValueError(
             f"Model {model.name!r} must have exactly one input (the images) and one output "
             f"(the class scores). Received: {len(functional.inputs)} inputs, "
@@ -151,6 +156,7 @@ def trace(model: keras.Model) -> Graph:
         tensors=builder.tensors,
         inputs=in_keys,
         outputs=out_keys,
+        keras_tensors=builder.keras_tensors,
     )
 
 
@@ -160,6 +166,7 @@ class _GraphBuilder:
     def __init__(self):
         self.nodes: list[OpNode] = []
         self.tensors: dict[int, TensorInfo] = {}
+        self.keras_tensors: dict[int, keras.KerasTensor] = {}
         self._next_key = 0
         self._names: set[str] = set()
 
@@ -167,6 +174,7 @@ class _GraphBuilder:
         key = self._next_key
         self._next_key += 1
         self.tensors[key] = TensorInfo(key, tuple(tensor.shape), producer)
+        self.keras_tensors[key] = tensor
         return key
 
     def walk(self, functional: Functional, alias: dict[int, int], prefix: str) -> list[int]:
