@@ -158,121 +158,33 @@ def resnet_cifar(
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 
-@register_model("resnet8")
-def resnet8(
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (32, 32, 3),
-    width_multiplier: float = 1.0,
-    weight_decay: float = 1e-4,
-) -> keras.Model:
-    """Builds ResNet-8 (n=1): the smallest member, for the quickstart and fast tests.
+def _register_depth(depth: int, note: str) -> None:
+    """Registers `resnet{depth}` as `resnet_cifar(depth, ...)`."""
 
-    Args:
-        num_classes: As in `resnet_cifar`.
-        input_shape: As in `resnet_cifar`.
-        width_multiplier: As in `resnet_cifar`.
-        weight_decay: As in `resnet_cifar`.
+    def build(
+        num_classes: int = 10,
+        input_shape: Sequence[int] = (32, 32, 3),
+        width_multiplier: float = 1.0,
+        weight_decay: float = 1e-4,
+    ) -> keras.Model:
+        return resnet_cifar(depth, num_classes, input_shape, width_multiplier, weight_decay)
 
-    Returns:
-        `resnet_cifar(8, ...)`: a functional `keras.Model` producing logits.
-
-    Raises:
-        ValueError: If an argument has an invalid value.
-    """
-    return resnet_cifar(8, num_classes, input_shape, width_multiplier, weight_decay)
+    build.__name__ = build.__qualname__ = f"resnet{depth}"
+    build.__doc__ = (
+        f"Builds ResNet-{depth} for CIFAR (n={(depth - 2) // 6}){note}.\n\n"
+        "Args and errors as in `resnet_cifar`; returns a functional `keras.Model` "
+        "producing logits."
+    )
+    globals()[build.__name__] = register_model(build.__name__)(build)
 
 
-@register_model("resnet20")
-def resnet20(
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (32, 32, 3),
-    width_multiplier: float = 1.0,
-    weight_decay: float = 1e-4,
-) -> keras.Model:
-    """Builds ResNet-20 for CIFAR (n=3; 272,474 trainable parameters at 10 classes).
-
-    Args:
-        num_classes: As in `resnet_cifar`.
-        input_shape: As in `resnet_cifar`.
-        width_multiplier: As in `resnet_cifar`.
-        weight_decay: As in `resnet_cifar`.
-
-    Returns:
-        `resnet_cifar(20, ...)`: a functional `keras.Model` producing logits.
-
-    Raises:
-        ValueError: If an argument has an invalid value.
-    """
-    return resnet_cifar(20, num_classes, input_shape, width_multiplier, weight_decay)
-
-
-@register_model("resnet32")
-def resnet32(
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (32, 32, 3),
-    width_multiplier: float = 1.0,
-    weight_decay: float = 1e-4,
-) -> keras.Model:
-    """Builds ResNet-32 for CIFAR (n=5; 466,906 trainable parameters at 10 classes).
-
-    Args:
-        num_classes: As in `resnet_cifar`.
-        input_shape: As in `resnet_cifar`.
-        width_multiplier: As in `resnet_cifar`.
-        weight_decay: As in `resnet_cifar`.
-
-    Returns:
-        `resnet_cifar(32, ...)`: a functional `keras.Model` producing logits.
-
-    Raises:
-        ValueError: If an argument has an invalid value.
-    """
-    return resnet_cifar(32, num_classes, input_shape, width_multiplier, weight_decay)
-
-
-@register_model("resnet56")
-def resnet56(
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (32, 32, 3),
-    width_multiplier: float = 1.0,
-    weight_decay: float = 1e-4,
-) -> keras.Model:
-    """Builds ResNet-56 for CIFAR (n=9; 855,770 trainable parameters at 10 classes).
-
-    Args:
-        num_classes: As in `resnet_cifar`.
-        input_shape: As in `resnet_cifar`.
-        width_multiplier: As in `resnet_cifar`.
-        weight_decay: As in `resnet_cifar`.
-
-    Returns:
-        `resnet_cifar(56, ...)`: a functional `keras.Model` producing logits.
-
-    Raises:
-        ValueError: If an argument has an invalid value.
-    """
-    return resnet_cifar(56, num_classes, input_shape, width_multiplier, weight_decay)
-
-
-@register_model("resnet110")
-def resnet110(
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (32, 32, 3),
-    width_multiplier: float = 1.0,
-    weight_decay: float = 1e-4,
-) -> keras.Model:
-    """Builds ResNet-110 for CIFAR (n=18; 1,730,714 trainable parameters at 10 classes).
-
-    Args:
-        num_classes: As in `resnet_cifar`.
-        input_shape: As in `resnet_cifar`.
-        width_multiplier: As in `resnet_cifar`.
-        weight_decay: As in `resnet_cifar`.
-
-    Returns:
-        `resnet_cifar(110, ...)`: a functional `keras.Model` producing logits.
-
-    Raises:
-        ValueError: If an argument has an invalid value.
-    """
-    return resnet_cifar(110, num_classes, input_shape, width_multiplier, weight_decay)
+# depth -> a note for the docstring; ResNet-8 is the smallest member (quickstart, fast tests).
+for _depth, _note in {
+    8: ": the smallest member, for the quickstart and fast tests",
+    20: "; 272,474 trainable parameters at 10 classes",
+    32: "",
+    56: "",
+    110: "",
+}.items():
+    _register_depth(_depth, _note)
+del _depth, _note
