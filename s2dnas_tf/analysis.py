@@ -209,17 +209,27 @@ class Analysis:
         return self
 
     def _find_classifier(self):
-        out_key = self.graph.outputs[0]
-        node = self._producer(out_key)
-        if node is not None and _is_softmax_layer(node.layer):
-            self.tail = [node]
+        """The classifier is the Dense / 1x1 Conv2D that the output comes from, possibly
+        through a *tail* of layers on the class scores: a softmax or linear Activation,
+        Softmax, Flatten, Reshape or Dropout (e.g. MobileNetV3's conv head). The tail's
+        softmax is dropped (stages output logits); its other layers are applied per stage."""
+        node = self._producer(self.graph.outputs[0])
+        tail = []
+        while node is not None and _is_tail_layer(node.layer) and len(node.inputs) == 1:
+            tail.append(node)
             node = self._producer(node.inputs[0])
+        self.tail = tail[::-1]
         if node is None or not rules_lib.is_classifier_layer(node.layer):
             got = "the input" if node is None else f"{node.name!r} ({type(node.layer).__name__})"
             raise ValueError(
                 f"Model {self.graph.model_name!r}: the output must come from a Dense classifier "
-                "(or a 1x1 Conv2D), optionally followed by a softmax Activation/Softmax layer. "
-                f"Received: output produced by {got}."
+                "(or a 1x1 Conv2D), optionally followed by softmax/linear Activation, Softmax, "
+                f"Flatten, Reshape or Dropout layers. Received: output produced by {got}."
+            )
+        if self.graph.tensors[self.graph.outputs[0]].rank != 2:
+            raise ValueError(
+                f"Model {self.graph.model_name!r}: the output must be class scores of shape "
+                f"[N, classes]. Received: {self.graph.tensors[self.graph.outputs[0]].shape}."
             )
         activation = getattr(node.layer, "activation", None)
         act_name = getattr(activation, "__name__", str(activation))
@@ -303,13 +313,21 @@ class Analysis:
         return nominal
 
 
-def _is_softmax_layer(layer) -> bool:
+def is_softmax_layer(layer) -> bool:
     if isinstance(layer, keras.layers.Softmax):
         return True
     if isinstance(layer, keras.layers.Activation):
         act = getattr(layer.activation, "__name__", "")
         return act == "softmax"
     return False
+
+
+def _is_tail_layer(layer) -> bool:
+    if is_softmax_layer(layer):
+        return True
+    if type(layer) is keras.layers.Activation:
+        return getattr(layer.activation, "__name__", "") == "linear"
+    return type(layer) in (keras.layers.Flatten, keras.layers.Reshape, keras.layers.Dropout)
 
 
 def analyse(model: keras.Model) -> Analysis:

@@ -60,6 +60,9 @@ class OpNode:
         inputs: Keys of the input tensors, in call order.
         outputs: Keys of the output tensors.
         call_kwargs: Non-tensor keyword arguments of the call (e.g. `training`).
+        arguments: Keras's record of the call (tensors and constants, e.g. the 3.0 of
+            `x + 3.0`); `call_with(new_tensors)` replays it on new tensors.
+        input_ids: id() of the call's input KerasTensors, parallel to `inputs`.
     """
 
     index: int
@@ -68,6 +71,12 @@ class OpNode:
     inputs: list[int]
     outputs: list[int]
     call_kwargs: dict
+    arguments: Any = None
+    input_ids: list = dataclasses.field(default_factory=list)
+
+    def filled_arguments(self, new_tensors: list) -> tuple[list, dict]:
+        """The call's (args, kwargs) with its input tensors replaced by `new_tensors`."""
+        return self.arguments.fill_in(dict(zip(self.input_ids, new_tensors)))
 
 
 @dataclasses.dataclass
@@ -221,7 +230,18 @@ class _GraphBuilder:
             out_keys = [self.new_tensor(t, producer=index) for t in node.outputs]
             for t, k in zip(node.outputs, out_keys):
                 alias[id(t)] = k
-            self.nodes.append(OpNode(index, layer, name, in_keys, out_keys, kwargs))
+            self.nodes.append(
+                OpNode(
+                    index,
+                    layer,
+                    name,
+                    in_keys,
+                    out_keys,
+                    kwargs,
+                    node.arguments,
+                    [id(t) for t in in_tensors],
+                )
+            )
         return [alias[id(t)] for t in functional.outputs]
 
 

@@ -139,23 +139,23 @@ class _Builder:
                 heads = rule.build_head(node, value, self, num_classes)
                 continue
             if all(isinstance(v, rules_lib.Shared) for v in inputs) and rule.kind != "mixing":
-                new = self.clone(node.layer, f"shared_{node.name}")
-                y = new(*[v.tensor for v in inputs], **node.call_kwargs)
-                for src, dst in zip(node.layer.weights, new.weights):
-                    dst.assign(src)
-                if hasattr(new, "finalize_state") and new.weights:
-                    new.finalize_state()
+                y = rule.build_shared(node, [v.tensor for v in inputs], self)
                 outputs = [rules_lib.Shared(y)]
             else:
-                if len(inputs) == 1 or isinstance(rule, (rules_lib.MergeRule,
-                                                          rules_lib.ConcatenateRule)):
-                    outputs = rule.build(node, inputs, self)
-                else:
-                    raise AssertionError(f"internal: {node.name} has {len(inputs)} inputs")
+                outputs = rule.build(node, inputs, self)
             for key, value in zip(node.outputs, outputs):
                 values[key] = value
         if heads is None or any(h is None for h in heads):
             raise AssertionError("internal: a stage has no classifier input")
+        for node in ana.tail:  # e.g. Flatten after a 1x1-conv classifier; softmax is dropped
+            if analysis_lib.is_softmax_layer(node.layer):
+                continue
+            heads = [
+                rules_lib.Piece(
+                    self.clone(node.layer, self.name(node, stage))(head.tensor), head.idx
+                )
+                for stage, head in enumerate(heads, start=1)
+            ]
         return MultiStageNet(
             images,
             [h.tensor for h in heads],

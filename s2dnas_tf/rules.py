@@ -95,6 +95,17 @@ class LayerRule:
     def build(self, node, inputs: list, ctx: BuildContext) -> list:
         raise NotImplementedError
 
+    def build_shared(self, node, tensors: list, ctx: BuildContext):
+        """The layer once on full tensors computed from the image alone (e.g. the input
+        Normalization): a copy of the layer with the same weights."""
+        new = ctx.clone(node.layer, f"shared_{node.name}")
+        y = new(*tensors, **node.call_kwargs)
+        for src, dst in zip(node.layer.weights, new.weights):
+            dst.assign(src)
+        if hasattr(new, "finalize_state") and new.weights:
+            new.finalize_state()
+        return y
+
 
 _RULES: dict[type, LayerRule] = {}
 
@@ -567,6 +578,66 @@ class ConcatenateRule(LayerRule):
         return [out]
 
 
+class ElementwiseOpRule(LayerRule):
+    """`keras.ops` elementwise calls in a functional graph (`x + 3.0`, `x * gate`,
+    `keras.ops.relu(x)`), as in keras.applications' MobileNetV3: replayed per stage through
+    the public `keras.ops` function, with their constants. Two tensor operands are joined
+    like a merge layer."""
+
+    def __init__(self, function, zero_preserving: bool):
+        self.function = function
+        # f(0, c) == 0 (multiply, relu...): a stage computing nothing stays at nothing.
+        self.zero_preserving = zero_preserving
+
+    def check(self, node, graph):
+        if len(node.inputs) not in (1, 2) or len(node.outputs) != 1:
+            raise UnsupportedLayerError(
+                f"{node.name!r} ({type(node.layer).__name__}): keras.ops calls are supported "
+                "with one or two tensor operands and one output"
+            )
+        shapes = [graph.tensors[k].shape for k in node.inputs]
+        out = graph.tensors[node.outputs[0]]
+        if any(len(sh) and sh[-1] not in (out.channels,) for sh in shapes):
+            raise UnsupportedLayerError(
+                f"{node.name!r} ({type(node.layer).__name__}): operands with shapes {shapes} "
+                "broadcast over the channel axis; only per-channel operations are supported"
+            )
+
+    def analyse(self, node, ana):
+        for key in node.inputs:
+            ana.union(node.inputs[0], key, node)
+        ana.union(node.inputs[0], node.outputs[0], node)
+
+    def _call(self, node, tensors):
+        args, kwargs = node.filled_arguments(tensors)
+        return self.function(*args, **kwargs)
+
+    def build_shared(self, node, tensors, ctx):
+        return self._call(node, tensors)
+
+    def build(self, node, inputs, ctx):
+        out = []
+        for stage in range(1, ctx.num_stages + 1):
+            pieces = [v[stage - 1] for v in inputs]
+            present = [p for p in pieces if p is not None]
+            if len(present) < len(pieces):
+                if not present or self.zero_preserving or len(pieces) == 1:
+                    out.append(None)
+                    continue
+                raise ValueError(
+                    f"{node.name!r} ({type(node.layer).__name__}): stage {stage} computes only "
+                    "one of its operands; this architecture cannot be built."
+                )
+            for p in present[1:]:
+                if not np.array_equal(p.idx, present[0].idx):
+                    raise ValueError(
+                        f"{node.name!r}: stage {stage}'s operands hold different channels."
+                    )
+            y = self._call(node, [p.tensor for p in present])
+            out.append(Piece(y, present[0].idx))
+        return [out]
+
+
 class Conv2DRule(MixingRule):
     """Conv2D: channel-mixing when groups == 1, a grouped (channel-wise by group) conv else."""
 
@@ -607,3 +678,27 @@ register_rule(L.Flatten)(FlattenRule())
 register_rule(L.Add, L.Multiply, L.Subtract, L.Average, L.Maximum, L.Minimum)(MergeRule())
 register_rule(L.Concatenate)(ConcatenateRule())
 del L
+
+# keras.ops calls that are per-channel (elementwise); private classes, public functions.
+from keras.src.ops import nn as _ops_nn  # noqa: E402
+from keras.src.ops import numpy as _ops_numpy  # noqa: E402
+
+for _cls, _fn, _zero in [
+    (_ops_numpy.Add, keras.ops.add, False),
+    (_ops_numpy.Subtract, keras.ops.subtract, False),
+    (_ops_numpy.Multiply, keras.ops.multiply, True),
+    (_ops_numpy.Divide, keras.ops.divide, True),
+    (_ops_numpy.TrueDivide, keras.ops.true_divide, True),
+    (_ops_numpy.Maximum, keras.ops.maximum, False),
+    (_ops_numpy.Minimum, keras.ops.minimum, False),
+    (_ops_numpy.Negative, keras.ops.negative, True),
+    (_ops_numpy.Abs, keras.ops.abs, True),
+    (_ops_nn.Relu, keras.ops.relu, True),
+    (_ops_nn.Relu6, keras.ops.relu6, True),
+    (_ops_nn.Sigmoid, keras.ops.sigmoid, False),
+    (_ops_nn.HardSigmoid, keras.ops.hard_sigmoid, False),
+    (_ops_nn.HardSilu, keras.ops.hard_silu, True),
+    (_ops_nn.Silu, keras.ops.silu, True),
+]:
+    register_rule(_cls)(ElementwiseOpRule(_fn, _zero))
+del _cls, _fn, _zero

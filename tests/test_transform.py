@@ -19,7 +19,7 @@ def test_reference_models(name):
     helpers.run_transform_invariants_test(model)
 
 
-APPLICATIONS = ["ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"]
+APPLICATIONS = ["ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0", "MobileNetV3Small"]
 
 
 @pytest.mark.slow
@@ -27,6 +27,15 @@ APPLICATIONS = ["ResNet50", "MobileNetV2", "DenseNet121", "EfficientNetB0"]
 def test_keras_applications(name):
     ctor = getattr(keras.applications, name)
     model = ctor(weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None)
+    helpers.randomize_normalization_stats(model)
+    helpers.run_transform_invariants_test(model)
+
+
+def test_conv_classifier_with_flatten_and_softmax_tail():
+    """MobileNetV3's head: a 1x1-conv classifier, Flatten, then softmax."""
+    model = keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(32, 32, 3), classes=5, include_preprocessing=True
+    )
     helpers.randomize_normalization_stats(model)
     helpers.run_transform_invariants_test(model)
 
@@ -238,10 +247,22 @@ def test_unsupported_layer_is_named_with_its_class():
     assert "Supported layer classes" in message and "Conv2D" in message
 
 
+def test_elementwise_keras_ops_calls_are_supported():
+    inputs = keras.Input((12, 12, 3))
+    x = inputs / 255.0 - 0.5  # shared: computed once on the image
+    x = keras.layers.Conv2D(8, 3, name="c1")(x)
+    x = keras.ops.relu(x) * (1.0 / 6.0)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="c2")(x)
+    x = x + keras.ops.sigmoid(y)  # two operands, one unit
+    x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="out")(x))
+    helpers.run_transform_invariants_test(model)
+
+
 def test_keras_ops_call_is_refused():
     inputs = keras.Input((8, 8, 3))
     x = keras.layers.Conv2D(4, 3, name="c")(inputs)
-    x = keras.ops.relu(x)
+    x = keras.ops.cumsum(x, axis=-1)
     x = keras.layers.GlobalAveragePooling2D()(x)
     model = keras.Model(inputs, keras.layers.Dense(2)(x))
     with pytest.raises(ValueError, match="keras.ops call"):
