@@ -37,6 +37,10 @@ flags.DEFINE_float("flops_lambda", 0.5, "lambda of --reward=linear.")
 flags.DEFINE_integer("candidate_epochs", 1, "Fine-tuning epochs per candidate.")
 flags.DEFINE_integer("candidate_steps", None, "Cap on fine-tuning steps per candidate epoch.")
 flags.DEFINE_float("candidate_learning_rate", 0.01, "Learning rate of the candidates' fine-tune.")
+flags.DEFINE_float(
+    "candidate_bn_momentum", 0.9,
+    "BatchNorm momentum while a candidate is fine-tuned, so its statistics catch up.",
+)
 flags.DEFINE_float("distill_weight", 1.0, "Distillation from the static model (0: off).")
 flags.DEFINE_float("distill_temperature", 4.0, "Distillation temperature.")
 flags.DEFINE_boolean("deterministic", True, "TensorFlow op determinism (same seed, same run).")
@@ -148,6 +152,7 @@ def main(argv):
             epochs=FLAGS.candidate_epochs,
             steps_per_epoch=FLAGS.candidate_steps,
             learning_rate=FLAGS.candidate_learning_rate,
+            bn_momentum=FLAGS.candidate_bn_momentum,
             distill_weight=FLAGS.distill_weight,
             distill_temperature=FLAGS.distill_temperature,
             verbose=0,

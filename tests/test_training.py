@@ -256,3 +256,15 @@ def test_killed_mid_epoch_resumes_without_losing_an_epoch(tmp_path):
     first_after_restart = f"Epoch {len(finished) + 1}/5"
     assert first_after_restart in result.stdout + result.stderr
     assert "Epoch 1/5" not in result.stdout + result.stderr
+
+
+def test_bn_momentum_is_applied_for_the_training(tmp_path, digits):
+    config = training.TrainConfig(
+        str(tmp_path), epochs=1, batch_size=64, augment=False, verbose=0, bn_momentum=0.5,
+        steps_per_epoch=2,
+    )
+    model, _ = training.train(small_model_fn(digits), digits, config)
+    bns = [l for l in training._all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and all(l.momentum == 0.5 for l in bns)
+    with pytest.raises(ValueError, match="bn_momentum must be in"):
+        training.TrainConfig(str(tmp_path), bn_momentum=1.0).validate()
