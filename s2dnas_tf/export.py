@@ -22,10 +22,20 @@ int32 [N] (1-based):
 - `serving_batch1(images)`: one image [1, H, W, C], a plain `tf.cond` per stage and no
   gather/scatter; the function `convert_to_tflite` converts (TFLite `IF` ops).
 
-Images are raw pixels (the models carry their own normalisation), float32 [N, H, W, C].
-A signature's declared shape is not enforced by TensorFlow when the signature is called
-(TF Serving, `loaded.signatures[...]`); the serving functions check the image shape and
-the number of thresholds in the graph and fail with a readable message.
+Images are raw pixels (the models carry their own normalisation), float32 [N, H, W, C];
+an empty batch gets empty answers. A signature's declared shape is not enforced by
+TensorFlow when the signature is called (TF Serving, `loaded.signatures[...]`), so
+`serving_default` and `serving_with_thresholds` check the image shape and the number of
+thresholds in the graph and fail with a readable InvalidArgumentError; a wrong dtype is
+refused by TensorFlow itself. (`serving_batch1`'s fully static shape lets TensorFlow drop
+its check; it is there for conversion.)
+
+`convert_to_tflite` converts `serving_batch1`: stages >= 2 become TFLite `IF` ops whose
+branches run only for an image that has not exited, with every variable (weights and
+thresholds) frozen into constants; float32, or int8 with a float32 interface. The TFLite
+model takes [1, H, W, C] float32; LiteRT rejects another dtype, but its signature runner
+resizes the input to whatever shape it is given (the in-graph check does not survive
+conversion), so a client should send exactly [1, H, W, C].
 
 `export_static` writes a static model with the same interface (`exit_stage` always 1), so
 static and dynamic models can be served and timed the same way.
@@ -53,6 +63,7 @@ from s2dnas_tf import rewriter
 
 __all__ = [
     "DynamicModule",
+    "IMAGES_KEY",
     "OUTPUT_NAMES",
     "SERVING_BATCH1",
     "SERVING_DEFAULT",
@@ -65,6 +76,7 @@ __all__ = [
     "export_static",
     "split_stages",
     "tflite_op_names",
+    "tflite_subgraphs",
 ]
 
 SERVING_DEFAULT = "serving_default"
@@ -84,7 +96,9 @@ _VARIABLE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE", "CA
 _COMPUTE_OPS = frozenset(
     {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "BATCH_MATMUL", "TRANSPOSE_CONV"}
 )
-_STAGE_IN_NAME = re.compile(r"stage(\d+)_")
+# The stage of a transformed layer in a TF/TFLite tensor name: ".../stage2_conv1_1/..."
+# (an original layer may itself be called "stage2_block1": only a name's start counts).
+_STAGE_IN_NAME = re.compile(r"(?:^|[/;])stage(\d+)_")
 
 
 # --------------------------------------------------------------------------------------
@@ -145,7 +159,8 @@ def split_stages(net: keras.Model) -> SplitNet:
     """Cuts a multi-stage network into one Keras model per stage.
 
     Each layer belongs to the stage its name carries (`stage{s}_...`; the `shared_...`
-    layers computed once on the image belong to stage 1). Stage s's model reads the images
+    layers computed once on the image belong to stage 1; a `keras.ops` call, which has no
+    such name, to the latest stage it reads). Stage s's model reads the images
     (if a stage-s layer reads them) and the *boundary* tensors: those computed by layers of
     stages < s that stage-s layers read. It returns stage s's logits followed by the tensors
     it computes that later stages read. The stage models share the net's layers and weights.
@@ -159,8 +174,8 @@ def split_stages(net: keras.Model) -> SplitNet:
 
     Raises:
         TypeError: If `net` is not a functional/Sequential keras.Model.
-        ValueError: If its input is not an image batch with known H, W, C, a layer's name
-            carries no stage, a layer reads a later stage's tensor, or output s is not
+        ValueError: If its input is not an image batch with known H, W, C, no layer name
+            carries a stage, a layer reads a later stage's tensor, or output s is not
             computed by stage s.
     """
     graph = graph_lib.trace(net, single_output=False)
@@ -175,14 +190,20 @@ def split_stages(net: keras.Model) -> SplitNet:
 
     stage_of_tensor = {images_key: 0}  # the images are there before any stage
     stage_of_node = {}
+    named = 0
     for node in graph.nodes:
         stage = rewriter.stage_of_layer(node.name)
-        if stage is None or not 1 <= stage <= num_stages:
+        if stage is None:
+            # A keras.ops call carries no layer name of ours (transform replays it per
+            # stage): it belongs to the latest stage it reads, at least stage 1.
+            stage = max([1] + [stage_of_tensor[k] for k in node.inputs])
+        elif not 1 <= stage <= num_stages:
             raise ValueError(
-                "Expected a network returned by s2dnas_tf.transform, whose layers are named "
-                f"'stage<s>_...' (1 <= s <= {num_stages}) or 'shared_...'. Received: layer "
-                f"{node.name!r} of class {type(node.layer).__name__} in {net.name!r}"
+                f"Expected layer names 'stage<s>_...' with 1 <= s <= {num_stages} in a network "
+                f"with {num_stages} outputs. Received: layer {node.name!r} in {net.name!r}"
             )
+        else:
+            named += 1
         for k in node.inputs:
             if stage_of_tensor[k] > stage:
                 raise ValueError(
@@ -193,6 +214,12 @@ def split_stages(net: keras.Model) -> SplitNet:
         stage_of_node[node.index] = stage
         for k in node.outputs:
             stage_of_tensor[k] = stage
+    if not named:
+        raise ValueError(
+            "Expected a network returned by s2dnas_tf.transform, whose layers are named "
+            f"'stage<s>_...' or 'shared_...'. Received: {net.name!r} with no such layer "
+            f"(e.g. {graph.nodes[0].name!r})"
+        )
 
     inputs_of: dict[int, list[int]] = collections.defaultdict(list)  # stage -> keys read
     read_later: dict[int, set[int]] = collections.defaultdict(set)  # stage -> keys exported
@@ -274,7 +301,7 @@ class DynamicModule(tf.Module):
         split = net if isinstance(net, SplitNet) else split_stages(net)
         super().__init__(name=name or _module_name(split.name))
         self._split = split
-        taus = check_thresholds(thresholds, split.num_stages)
+        taus = _validate_thresholds(thresholds, split.num_stages)
         self.thresholds = tf.Variable(
             np.asarray(taus, np.float32).reshape([split.num_stages - 1]),
             trainable=False,
@@ -401,7 +428,7 @@ class DynamicModule(tf.Module):
 
         def skip():
             return [logits, exit_stage, done] + [
-                tf.zeros(tf.concat([[1], shape], 0), dtype)
+                tf.zeros(tf.concat([tf.constant([1], tf.int64), shape], 0), dtype)
                 for shape, dtype in self._boundary_specs(stage)
             ]
 
@@ -555,7 +582,7 @@ def _module_name(name: str) -> str:
     return cleaned if cleaned and not cleaned[0].isdigit() else f"m_{cleaned}"
 
 
-def check_thresholds(thresholds: Any, num_stages: int) -> list[float]:
+def _validate_thresholds(thresholds: Any, num_stages: int) -> list[float]:
     """Validates S - 1 exit thresholds and returns them as floats.
 
     Args:
@@ -637,7 +664,7 @@ def export_saved_model(
     if isinstance(net, DynamicModule):
         module = net
         if thresholds is not None:
-            module.thresholds.assign(check_thresholds(thresholds, module.num_stages))
+            module.thresholds.assign(_validate_thresholds(thresholds, module.num_stages))
     else:
         if thresholds is None:
             raise ValueError(
@@ -744,8 +771,8 @@ def convert_to_tflite(
     `TFLITE_BUILTINS_INT8` only), calibrated on `representative_images`; the interface
     stays float32 (a QUANTIZE op after the input, DEQUANTIZE before the outputs). Stage s is
     calibrated on the images that reach it under the model's thresholds, the inputs it sees
-    in deployment; a stage no representative image reaches could not be quantised, and is
-    refused (ValueError naming the stage).
+    in deployment; a stage that no representative image reaches cannot be calibrated and
+    is refused before converting (ValueError naming the stage).
 
     Args:
         source: A SavedModel directory written by `export_saved_model` / `export_static`,
@@ -761,9 +788,11 @@ def convert_to_tflite(
 
     Raises:
         ValueError: On a bad `quantize` value, missing or misshapen representative images,
-            a SavedModel without `serving_batch1`, or an int8 stage left unquantised.
-        RuntimeError: If the conversion lost the control flow, left variables or renamed
-            the outputs.
+            representative images that do not reach every stage, or a SavedModel without
+            `serving_batch1`.
+        TypeError: If `source` is neither a path nor a module.
+        RuntimeError: If the conversion lost the control flow, left variables, renamed the
+            outputs or (int8) left float arithmetic.
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"Expected quantize=None or 'int8'. Received: quantize={quantize!r}")
@@ -772,11 +801,15 @@ def convert_to_tflite(
             "representative_images calibrate int8 quantisation; pass quantize='int8' with "
             "them. Received: quantize=None with representative_images"
         )
+    if isinstance(source, (DynamicModule, StaticModule)):
+        # Converted from a SavedModel signature, the variables become constants; converted
+        # from the module's own function, those read inside IF branches stay variables that
+        # the TFLite runtime cannot read there ("READ_VARIABLE failed to invoke", TF 2.21).
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = _write_saved_model(source, tmp, "model", 1, overwrite=False)
+            return convert_to_tflite(saved, path, quantize, representative_images)
     batch1, batched, trackable, num_stages, image_shape = _conversion_source(source)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([batch1], trackable)
-    # Freeze every variable into a constant: variables read inside IF branches are not
-    # initialised by the TFLite runtime ("READ_VARIABLE failed to invoke").
-    converter.experimental_enable_resource_variables = False
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     reached = None
     if quantize == "int8":
@@ -786,6 +819,10 @@ def convert_to_tflite(
              for i in range(0, len(images), 256)]
         )
         reached = [int(np.sum(exit_stage >= s)) for s in range(1, num_stages + 1)]
+        if min(reached) == 0:
+            raise ValueError(_unquantised_message(
+                [s for s, n in enumerate(reached, 1) if n == 0], len(images), reached
+            ))
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.representative_dataset = lambda: ([image[None]] for image in images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -806,33 +843,27 @@ def convert_to_tflite(
 
 
 def _conversion_source(source):
-    """(batch-1 fn, batched fn, trackable, S, (H, W, C)) of a module or SavedModel dir."""
-    if isinstance(source, (DynamicModule, StaticModule)):
-        module = source
-        batch1 = module.serve_batch1.get_concrete_function()
-        batched = module.signatures()[SERVING_DEFAULT]
-        num_stages = module.num_stages
-    elif isinstance(source, (str, os.PathLike)):
-        module = tf.saved_model.load(os.fspath(source))
-        if SERVING_BATCH1 not in module.signatures:
-            raise ValueError(
-                f"Expected a SavedModel written by export_saved_model or export_static, with "
-                f"a {SERVING_BATCH1!r} signature. Received: {os.fspath(source)!r} with "
-                f"signatures {sorted(module.signatures)}"
-            )
-        batch1 = module.signatures[SERVING_BATCH1]
-        batched = module.signatures[SERVING_DEFAULT]
-        thresholds = getattr(module, "thresholds", None)
-        num_stages = 1 if thresholds is None else int(thresholds.shape[0]) + 1
-    else:
+    """(batch-1 fn, batched fn, loaded SavedModel, S, (H, W, C)) of a SavedModel dir."""
+    if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             "Expected a SavedModel directory or a DynamicModule/StaticModule. Received: "
             f"source of type {type(source).__name__}"
         )
+    loaded = tf.saved_model.load(os.fspath(source))
+    if SERVING_BATCH1 not in loaded.signatures:
+        raise ValueError(
+            f"Expected a SavedModel written by export_saved_model or export_static, with a "
+            f"{SERVING_BATCH1!r} signature. Received: {os.fspath(source)!r} with signatures "
+            f"{sorted(loaded.signatures)}"
+        )
+    batch1 = loaded.signatures[SERVING_BATCH1]
+    batched = loaded.signatures[SERVING_DEFAULT]
+    thresholds = getattr(loaded, "thresholds", None)
+    num_stages = 1 if thresholds is None else int(thresholds.shape[0]) + 1
     args, kwargs = batch1.structured_input_signature
     spec = kwargs["images"] if kwargs else args[0]
     image_shape = tuple(int(d) for d in spec.shape[1:])
-    return batch1, batched, module, num_stages, image_shape
+    return batch1, batched, loaded, num_stages, image_shape
 
 
 def _representative_array(images: Any, image_shape: tuple[int, ...]) -> np.ndarray:
@@ -877,26 +908,54 @@ def _check_tflite(content: bytes, num_stages: int, reached: list[int] | None) ->
             )
     if reached is None:
         return
-    float_stages = set()
+    float_ops = collections.Counter()
     for subgraph in model["subgraphs"]:
         for op, input_type, names in subgraph["ops"]:
             if op in _COMPUTE_OPS and input_type != "INT8":
                 stages = {int(m) for n in names for m in _STAGE_IN_NAME.findall(n)}
-                float_stages.add(max(stages) if stages else 0)
-    if float_stages:
-        unreached = sorted(s for s in float_stages if s >= 1)
-        raise ValueError(
-            "Expected every stage quantised to int8. Received: float arithmetic left in "
-            f"stage(s) {unreached or sorted(float_stages)}; the representative images reach "
-            f"stages 1..{num_stages} {reached} times. A stage is calibrated on the images "
-            "that reach it under the model's thresholds: pass more (or harder) images."
+                float_ops[(max(stages) if stages else "?", op, input_type)] += 1
+    if float_ops:
+        raise RuntimeError(
+            "Expected every stage quantised to int8. Received: (stage, op, input type) -> "
+            f"count {dict(float_ops)} left unquantised; representative images reaching "
+            f"stages 1..{num_stages}: {reached}."
         )
+
+
+def _unquantised_message(stages: list[int], num_images: int, reached: list[int]) -> str:
+    return (
+        f"Expected every stage quantised to int8. Received: stage(s) {stages} cannot be "
+        f"calibrated: of {num_images} representative images, {reached} reach stages "
+        f"1..{len(reached)} under the model's thresholds. Stage s is calibrated on the "
+        "images that reach it (the inputs it sees in deployment): pass more, or more "
+        "varied, representative images."
+    )
 
 
 def tflite_op_names(model_content: bytes) -> list[str]:
     """The distinct operator names (e.g. "CONV_2D", "IF") of all subgraphs of a model."""
-    model = _read_tflite(model_content)
-    return sorted({op for subgraph in model["subgraphs"] for op, _, _ in subgraph["ops"]})
+    return sorted({op for subgraph in tflite_subgraphs(model_content) for op in subgraph["ops"]})
+
+
+def tflite_subgraphs(model_content: bytes) -> list[dict[str, list]]:
+    """What each subgraph of a TFLite model holds (subgraph 0 is the main graph).
+
+    Returns:
+        One dict per subgraph: "ops", its distinct operator names, and "stages", the
+        stages whose convolutions / dense layers it computes (read from tensor names). In a
+        converted `DynamicModule`, stages >= 2 appear only in `IF` branch subgraphs.
+    """
+    result = []
+    for subgraph in _read_tflite(model_content)["subgraphs"]:
+        stages = set()
+        for op, _, names in subgraph["ops"]:
+            if op in _COMPUTE_OPS:
+                stages |= {int(m) for n in names for m in _STAGE_IN_NAME.findall(n)}
+        result.append({
+            "ops": sorted({op for op, _, _ in subgraph["ops"]}),
+            "stages": sorted(stages),
+        })
+    return result
 
 
 def _read_tflite(content: bytes) -> dict[str, Any]:
