@@ -4,7 +4,7 @@
 
 Writes into --output_dir (DESIGN §10): config.json, search_log.jsonl (one line per evaluated
 architecture, appended as the search goes), arch.json, report.json, report.md, curve.png,
-multistage.keras; plus base/ (when the base model is trained here), controller.json (the RL
+multistage.keras, saved_model/<name>/1/ (the dynamic SavedModel) and model.tflite; plus base/ (when the base model is trained here), controller.json (the RL
 controller's state), candidates/ (scratch) and final/ (the final training's resume state).
 
 Killed at any moment and started again with the same command, the run continues where it
@@ -46,6 +46,10 @@ flags.DEFINE_float("distill_temperature", 4.0, "Distillation temperature.")
 flags.DEFINE_boolean("deterministic", True, "TensorFlow op determinism (same seed, same run).")
 flags.DEFINE_string("output_dir", None, "Where the run's files go.")
 flags.DEFINE_boolean("overwrite", False, "Start afresh in an output_dir holding a finished run.")
+flags.DEFINE_string(
+    "export_name", None, "Model name of the SavedModel (saved_model/<name>/1/); default: the "
+    "base model's name.",
+)
 flags.DEFINE_boolean(
     "stop_after_search", False,
     "Stop once arch.json is written (compare searchers without training each winner).",
@@ -66,8 +70,8 @@ flags.register_validator(
 )
 
 _OUTPUTS = ("report.json", "report.md", "curve.png", "arch.json", "search_log.jsonl",
-            "controller.json", "multistage.keras", "config.json")
-_OUTPUT_DIRS = ("base", "candidates", "final")
+            "controller.json", "multistage.keras", "config.json", "model.tflite")
+_OUTPUT_DIRS = ("base", "candidates", "final", "saved_model")
 
 
 def _say(message: str) -> None:
@@ -220,6 +224,7 @@ def main(argv):
                 "seconds_per_candidate": summary["seconds"] / max(1, summary["evaluated"]),
             },
             log=_say,
+            export_name=FLAGS.export_name or base.name,
         )
     except training.TrainingDivergedError as e:
         print(f"search.py: {e}", file=sys.stderr)

@@ -23,6 +23,25 @@ def static_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
     return float((probs.argmax(-1) == y).mean())
 
 
+def export_run(net: keras.Model, result: dict, output_dir: str, name: str, log=print) -> dict:
+    """Exports a reported run for deployment (DESIGN §7, §10): the dynamic SavedModel at
+    `<output_dir>/saved_model/<name>/1/` with the report's thresholds, and `model.tflite`
+    (float, batch 1) converted from it.
+
+    Returns:
+        {"saved_model": path, "tflite": path}.
+    """
+    from s2dnas_tf import export as export_lib
+
+    thresholds = result["dynamic"]["thresholds"]
+    saved = export_lib.export_saved_model(
+        net, thresholds, os.path.join(output_dir, "saved_model"), name, overwrite=True
+    )
+    tflite = export_lib.convert_to_tflite(saved, os.path.join(output_dir, "model.tflite"))
+    log(f"exported {saved} and {tflite}")
+    return {"saved_model": saved, "tflite": tflite}
+
+
 def train_and_report(
     *,
     base: keras.Model,
@@ -34,10 +53,12 @@ def train_and_report(
     output_dir: str,
     search: dict | None = None,
     log: Callable[[str], None] = print,
+    export_name: str | None = None,
 ) -> dict:
     """Trains `arch`'s multi-stage net from `base`, calibrates on validation, reports on test.
 
-    Writes `multistage.keras`, `report.json`, `report.md` and `curve.png` into `output_dir`.
+    Writes `multistage.keras`, `report.json`, `report.md` and `curve.png` into `output_dir`,
+    and with `export_name` also `saved_model/<export_name>/1/` and `model.tflite`.
 
     Args:
         base: The trained static model (not modified).
@@ -49,6 +70,7 @@ def train_and_report(
         output_dir: Where the files go.
         search: The search summary for the report, if a search chose `arch`.
         log: Progress output.
+        export_name: Export the SavedModel / TFLite under this model name (None: don't).
 
     Returns:
         The report dict.
@@ -83,6 +105,8 @@ def train_and_report(
         search=search,
         extra={"train_seconds": train_seconds, "history": history},
     )
+    if export_name:
+        result["export"] = export_run(net, result, output_dir, export_name, log=log)
     report_lib.write_report(result, output_dir)
     dyn, oracle = result["dynamic"], result["oracle"]
     log(

@@ -218,7 +218,7 @@ def test_search_killed_and_restarted_continues(tmp_path):
     assert [r["tokens"] for r in after[: len(before)]] == [r["tokens"] for r in before]
     assert len(after) == 4 and len({tuple(r["tokens"]) for r in after}) == 4
     for name in ("config.json", "search_log.jsonl", "arch.json", "report.json", "report.md",
-                 "curve.png"):
+                 "curve.png", "model.tflite", "saved_model/resnet8/1/saved_model.pb"):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     assert report["search"]["evaluated"] == 4
