@@ -222,6 +222,17 @@ def test_search_killed_and_restarted_continues(tmp_path):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     assert report["search"]["evaluated"] == 4
+    # Same seed, same base model, a fresh directory: the same architectures in the same
+    # order (op determinism makes the candidates' rewards, hence the updates, repeatable).
+    twin = tmp_path / "twin"
+    same = subprocess.run(
+        [*[a for a in command if not a.startswith("--output_dir")], f"--output_dir={twin}",
+         f"--base_model={out / 'base' / 'model.keras'}", "--stop_after_search"],
+        env=_env(), capture_output=True, text=True, timeout=900,
+    )
+    assert same.returncode == 0, same.stderr[-3000:]
+    twin_log = [json.loads(l) for l in (twin / "search_log.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in twin_log] == [r["tokens"] for r in after]
     # A finished run is not overwritten without --overwrite.
     again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr
