@@ -168,6 +168,15 @@ SMALL = ["--dataset=digits", "--model=resnet8", "--base_epochs=3", "--num_candid
          "--verbose=0"]
 
 
+def test_latency_refuses_a_directory_without_a_run(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "latency.py"), f"--run_dir={tmp_path}"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 2
+    assert "--run_dir must be a finished run directory" in result.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -264,3 +273,18 @@ def test_quickstart_end_to_end(tmp_path):
         json.loads(l)["reward"] for l in lines
     )
     print(f"quickstart wall time {seconds:.0f} s")
+    # Its exported models, timed one image at a time (measured, never asserted fast).
+    timed = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "latency.py"), f"--run_dir={out}",
+         "--num_images=40", "--warmup=5"],
+        capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT,
+    )
+    assert timed.returncode == 0, timed.stderr[-3000:]
+    latency = json.loads((out / "report.json").read_text())["latency"]
+    assert latency["num_images"] == 40
+    for runtime in ("savedmodel", "tflite"):
+        for kind in ("static", "dynamic"):
+            assert latency[runtime][kind]["median_ms"] > 0
+            assert latency[runtime][kind]["mean_ms"] > 0
+    assert sum(latency["exit_fractions"]) == pytest.approx(1.0)
+    assert len(latency["exit_fractions"]) == 3

@@ -1,0 +1,139 @@
+"""Batch-1 latency of a run's exported models, static vs. dynamic, SavedModel and TFLite.
+
+    python experiments/latency.py --run_dir=runs/quickstart_search
+
+Reads the run's `config.json` (its data flags), `saved_model/<name>/<version>/`,
+`model.tflite` and the static base model; exports the static model the same way
+(`static/saved_model/...`, `static/model.tflite`) so both are timed through the same
+interface; then times one image at a time over the test split (after a warm-up) and writes,
+into the run's report.json under "latency" (and prints):
+`{"savedmodel" | "tflite": {"static" | "dynamic": {"median_ms", "mean_ms"}}, "num_images",
+"exit_fractions": measured from the dynamic SavedModel's own exit_stage outputs, "threads"}`.
+A benchmark: it measures and reports, it asserts nothing about speed.
+"""
+
+import glob
+import json
+import os
+import time
+
+import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+from absl import flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run_dir", None, "A search.py / train_dynamic.py output directory.")
+flags.DEFINE_integer("num_images", None, "Time the first N test images (default: all).")
+flags.DEFINE_integer("warmup", 20, "Untimed calls first.")
+flags.DEFINE_integer("threads", 1, "TFLite interpreter threads (1: a phone-like single core).")
+flags.mark_flag_as_required("run_dir")
+flags.register_validator(
+    "run_dir",
+    lambda v: v is None or os.path.isfile(os.path.join(v, "report.json")),
+    "--run_dir must be a finished run directory (holding report.json).",
+)
+flags.register_validator(
+    "num_images", lambda v: v is None or v >= 1, "--num_images must be >= 1."
+)
+
+
+def _time_calls(call, images, warmup):
+    for image in images[:warmup]:
+        call(image)
+    seconds = []
+    outputs = []
+    for image in images:
+        start = time.perf_counter()
+        out = call(image)
+        seconds.append(time.perf_counter() - start)
+        outputs.append(out)
+    ms = [s * 1000.0 for s in seconds]
+    import numpy as np
+
+    return {"median_ms": float(np.median(ms)), "mean_ms": float(np.mean(ms))}, outputs
+
+
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from s2dnas_tf import data, export
+
+    run = FLAGS.run_dir
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    saved = sorted(glob.glob(os.path.join(run, "saved_model", "*", "*", "saved_model.pb")))
+    tflite_path = os.path.join(run, "model.tflite")
+    if not saved or not os.path.isfile(tflite_path):
+        return cli_common.usage_error(
+            f"{run} has no exported model (saved_model/<name>/<version>/ and model.tflite); "
+            "runs of search.py export them."
+        )
+    base_path = config.get("base_model") or os.path.join(run, "base", "model.keras")
+    if not os.path.isfile(base_path):
+        return cli_common.usage_error(f"the run's static model {base_path!r} does not exist.")
+    splits = data.load_dataset(
+        data.DataConfig(
+            name=config["dataset"],
+            data_dir=config.get("data_dir"),
+            per_class_limit=config.get("per_class_limit"),
+            validation_fraction=config.get("validation_fraction", 0.1),
+            seed=config.get("seed", 0),
+        )
+    )
+    images = splits.x_test[: FLAGS.num_images] if FLAGS.num_images else splits.x_test
+    batch1 = [img[None].astype("float32") for img in images]
+
+    base = keras.saving.load_model(base_path)
+    static_dir = os.path.join(run, "static")
+    static_saved = export.export_static(
+        base, os.path.join(static_dir, "saved_model"), base.name, overwrite=True
+    )
+    static_tflite = export.convert_to_tflite(
+        static_saved, os.path.join(static_dir, "model.tflite")
+    )
+
+    result = {"num_images": len(batch1), "threads": FLAGS.threads, "savedmodel": {}, "tflite": {}}
+    print(f"timing {len(batch1)} test images one at a time ...", flush=True)
+    exit_stages = None
+    for kind, path in (("static", static_saved), ("dynamic", os.path.dirname(saved[-1]))):
+        fn = tf.saved_model.load(path).signatures[export.SERVING_BATCH1]
+        stats, outs = _time_calls(lambda x: fn(images=tf.constant(x)), batch1, FLAGS.warmup)
+        result["savedmodel"][kind] = stats
+        if kind == "dynamic":
+            exit_stages = np.concatenate([o["exit_stage"].numpy() for o in outs])
+    from ai_edge_litert.interpreter import Interpreter
+
+    for kind, path in (("static", static_tflite), ("dynamic", tflite_path)):
+        interpreter = Interpreter(model_path=path, num_threads=FLAGS.threads)
+        runner = interpreter.get_signature_runner("serving_default")
+        stats, _ = _time_calls(lambda x: runner(images=x), batch1, FLAGS.warmup)
+        result["tflite"][kind] = stats
+    num_stages = int(exit_stages.max()) if len(exit_stages) else 1
+    with open(os.path.join(run, "report.json")) as f:
+        report = json.load(f)
+    num_stages = max(num_stages, report.get("num_stages", num_stages))
+    result["exit_fractions"] = [
+        float((exit_stages == s).mean()) for s in range(1, num_stages + 1)
+    ]
+    report["latency"] = result
+    cli_common.write_json(os.path.join(run, "report.json"), report)
+    for runtime in ("savedmodel", "tflite"):
+        s, d = result[runtime]["static"], result[runtime]["dynamic"]
+        print(
+            f"{runtime:10s} static median {s['median_ms']:.3f} ms (mean {s['mean_ms']:.3f})  "
+            f"dynamic median {d['median_ms']:.3f} ms (mean {d['mean_ms']:.3f})  "
+            f"ratio of means {d['mean_ms'] / s['mean_ms']:.2f}",
+            flush=True,
+        )
+    print(
+        f"exit fractions {', '.join(f'{f:.3f}' for f in result['exit_fractions'])}; "
+        f"written to {run}/report.json",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    cli_common.run(main)
