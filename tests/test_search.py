@@ -288,3 +288,16 @@ def test_quickstart_end_to_end(tmp_path):
             assert latency[runtime][kind]["mean_ms"] > 0
     assert sum(latency["exit_fractions"]) == pytest.approx(1.0)
     assert len(latency["exit_fractions"]) == 3
+    # export/export_run.py: SavedModel + float and int8 TFLite, with the int8 cost stated.
+    exported = tmp_path / "served"
+    args = [sys.executable, str(ROOT / "export" / "export_run.py"), f"--run_dir={out}",
+            f"--export_dir={exported}", "--name=digits", "--thresholds=0.95,0.95", "--int8",
+            "--num_images=60"]
+    done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (exported / "digits" / "1" / "saved_model.pb").exists()
+    summary = json.loads((exported / "digits.int8.json").read_text())
+    assert summary["num_images"] == 60 and 0 <= summary["int8_accuracy"] <= 1
+    assert summary["int8_tflite_bytes"] < summary["float_tflite_bytes"]
+    again = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
+    assert again.returncode == 2 and "--overwrite" in again.stderr.strip().splitlines()[-1]

@@ -1,0 +1,141 @@
+"""Export a finished run for deployment: a SavedModel in TF Serving's layout and TFLite files.
+
+    python export/export_run.py --run_dir=runs/quickstart_search --export_dir=/srv/models \
+        --name=digits --version=2 --int8
+
+Reads the run's `multistage.keras` and the thresholds its report calibrated (report.json,
+"dynamic"), and writes:
+- `<export_dir>/<name>/<version>/` — the dynamic SavedModel (`serving_default`,
+  `serving_with_thresholds`, `serving_batch1`); an existing version is kept unless
+  --overwrite;
+- `<export_dir>/<name>.tflite` — the batch-1 float model (IF ops for the later stages);
+- with --int8, `<export_dir>/<name>.int8.tflite` — full-int8 post-training quantisation,
+  calibrated on the run's validation images; its test accuracy is printed next to the float
+  model's (TFLite runtime, one image at a time) so the cost of int8 is stated.
+--thresholds overrides the report's. Exit code 2 with one line on bad input.
+"""
+
+import json
+import os
+import sys
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "experiments")
+sys.path.insert(0, os.path.abspath(EXPERIMENTS))
+
+import cli_common  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads)
+from absl import flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("run_dir", None, "A finished search.py / train_dynamic.py directory.")
+flags.DEFINE_string("export_dir", None, "Parent of <name>/<version>/ (default: <run_dir>/export).")
+flags.DEFINE_string("name", None, "Model name (default: the run's model name).")
+flags.DEFINE_integer("version", 1, "TF Serving version number.")
+flags.DEFINE_list("thresholds", None, "Exit thresholds (S-1 floats); default: the report's.")
+flags.DEFINE_boolean("int8", False, "Also write a full-int8 TFLite model and its accuracy.")
+flags.DEFINE_integer("num_images", None, "Evaluate the TFLite models on the first N test images.")
+flags.DEFINE_boolean("overwrite", False, "Replace an existing version directory.")
+flags.mark_flag_as_required("run_dir")
+flags.register_validator(
+    "run_dir",
+    lambda v: v is None or (
+        os.path.isfile(os.path.join(v, "report.json"))
+        and os.path.isfile(os.path.join(v, "multistage.keras"))
+    ),
+    "--run_dir must be a finished run directory (report.json and multistage.keras).",
+)
+flags.register_validator("version", lambda v: v >= 0, "--version must be >= 0.")
+
+
+def _tflite_accuracy(path, images, labels):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path).get_signature_runner("serving_default")
+    predictions, exits = [], []
+    for image in images:
+        out = runner(images=image[None].astype("float32"))
+        predictions.append(int(np.argmax(out["logits"][0])))
+        exits.append(int(out["exit_stage"][0]))
+    return float((np.array(predictions) == labels).mean()), np.array(exits)
+
+
+def main(argv):
+    del argv
+    import keras
+    import numpy as np
+
+    from s2dnas_tf import data, export
+
+    run = FLAGS.run_dir
+    with open(os.path.join(run, "report.json")) as f:
+        report = json.load(f)
+    with open(os.path.join(run, "config.json")) as f:
+        config = json.load(f)
+    net = keras.saving.load_model(os.path.join(run, "multistage.keras"))
+    name = FLAGS.name or report["model"]
+    export_dir = FLAGS.export_dir or os.path.join(run, "export")
+    try:
+        thresholds = (
+            [float(t) for t in FLAGS.thresholds]
+            if FLAGS.thresholds is not None
+            else report["dynamic"]["thresholds"]
+        )
+        saved = export.export_saved_model(
+            net, thresholds, export_dir, name, version=FLAGS.version, overwrite=FLAGS.overwrite
+        )
+    except FileExistsError:
+        return cli_common.usage_error(
+            f"{os.path.join(export_dir, name, str(FLAGS.version))} exists; pass --overwrite to "
+            "replace it, or --version for a new version."
+        )
+    except (ValueError, TypeError) as e:
+        return cli_common.usage_error(str(e))
+    print(f"SavedModel: {saved} (thresholds {thresholds})", flush=True)
+    float_path = export.convert_to_tflite(saved, os.path.join(export_dir, f"{name}.tflite"))
+    print(f"TFLite float: {float_path}", flush=True)
+    if not FLAGS.int8:
+        return 0
+    splits = data.load_dataset(
+        data.DataConfig(
+            name=config["dataset"],
+            data_dir=config.get("data_dir"),
+            per_class_limit=config.get("per_class_limit"),
+            validation_fraction=config.get("validation_fraction", 0.1),
+            seed=config.get("seed", 0),
+        )
+    )
+    try:
+        int8_path = export.convert_to_tflite(
+            saved,
+            os.path.join(export_dir, f"{name}.int8.tflite"),
+            quantize="int8",
+            representative_images=splits.x_val,
+        )
+    except ValueError as e:
+        return cli_common.usage_error(str(e))
+    n = FLAGS.num_images or len(splits.x_test)
+    x, y = splits.x_test[:n], splits.y_test[:n]
+    float_acc, float_exits = _tflite_accuracy(float_path, x, y)
+    int8_acc, int8_exits = _tflite_accuracy(int8_path, x, y)
+    summary = {
+        "num_images": int(n),
+        "float_accuracy": float_acc,
+        "int8_accuracy": int8_acc,
+        "int8_cost_points": 100.0 * (float_acc - int8_acc),
+        "same_exit_stage": float((float_exits == int8_exits).mean()),
+        "float_tflite_bytes": os.path.getsize(float_path),
+        "int8_tflite_bytes": os.path.getsize(int8_path),
+    }
+    cli_common.write_json(os.path.join(export_dir, f"{name}.int8.json"), summary)
+    print(
+        f"TFLite int8: {int8_path}; test accuracy float {float_acc:.4f} vs int8 "
+        f"{int8_acc:.4f} ({summary['int8_cost_points']:+.2f} points lost), same exit stage "
+        f"for {summary['same_exit_stage']:.1%} of {n} images; sizes "
+        f"{summary['float_tflite_bytes']:,} -> {summary['int8_tflite_bytes']:,} bytes",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    cli_common.run(main)
