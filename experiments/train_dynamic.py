@@ -6,7 +6,8 @@ Starts from a trained static model (`--base_model=model.keras`, e.g. from train_
 builds the S-stage network of `--tokens` (or the space's default architecture), trains it
 from the inherited weights with sum_s w_s CE_s (+ distillation from the static model),
 calibrates exit thresholds on the validation split for `--flops_budget` and writes into
---output_dir: config.json, arch.json, multistage.keras, report.json, report.md, curve.png.
+--output_dir: config.json, arch.json, multistage.keras, report.json, report.md, curve.png,
+saved_model/<name>/1/ and model.tflite.
 Killed and started again with the same command, training resumes from its last epoch.
 """
 
@@ -86,6 +87,7 @@ def main(argv):
             flops_budget_ratio=FLAGS.flops_budget,
             output_dir=out,
             log=lambda m: print(m, flush=True),
+            export_name=base.name,
         )
     except training.TrainingDivergedError as e:
         print(f"train_dynamic.py: {e}", file=sys.stderr)

@@ -119,7 +119,7 @@ def test_base_then_dynamic_pipeline_on_digits(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dynamic: test accuracy" in result.stdout
     for name in ("config.json", "arch.json", "report.json", "report.md", "curve.png",
-                 "multistage.keras"):
+                 "multistage.keras", "model.tflite"):
         assert (run_dir / name).exists(), name
     rep = json.loads((run_dir / "report.json").read_text())
     for key in ("dataset", "model", "num_stages", "static", "dynamic", "oracle", "curve",
