@@ -104,6 +104,19 @@ def data_config():
     )
 
 
+def run_data_config(config: dict):
+    """The DataConfig a finished run used, from its config.json (the resolved flags)."""
+    from s2dnas_tf import data
+
+    return data.DataConfig(
+        name=config["dataset"],
+        data_dir=config.get("data_dir"),
+        per_class_limit=config.get("per_class_limit"),
+        validation_fraction=config.get("validation_fraction", 0.1),
+        seed=config.get("seed", 0),
+    )
+
+
 def train_config(output_dir: str, **overrides):
     from s2dnas_tf import training
 

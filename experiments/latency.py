@@ -73,15 +73,7 @@ def main(argv):
     base_path = config.get("base_model") or os.path.join(run, "base", "model.keras")
     if not os.path.isfile(base_path):
         return cli_common.usage_error(f"the run's static model {base_path!r} does not exist.")
-    splits = data.load_dataset(
-        data.DataConfig(
-            name=config["dataset"],
-            data_dir=config.get("data_dir"),
-            per_class_limit=config.get("per_class_limit"),
-            validation_fraction=config.get("validation_fraction", 0.1),
-            seed=config.get("seed", 0),
-        )
-    )
+    splits = data.load_dataset(cli_common.run_data_config(config))
     images = splits.x_test[: FLAGS.num_images] if FLAGS.num_images else splits.x_test
     batch1 = [img[None].astype("float32") for img in images]
 

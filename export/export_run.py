@@ -95,15 +95,7 @@ def main(argv):
     print(f"TFLite float: {float_path}", flush=True)
     if not FLAGS.int8:
         return 0
-    splits = data.load_dataset(
-        data.DataConfig(
-            name=config["dataset"],
-            data_dir=config.get("data_dir"),
-            per_class_limit=config.get("per_class_limit"),
-            validation_fraction=config.get("validation_fraction", 0.1),
-            seed=config.get("seed", 0),
-        )
-    )
+    splits = data.load_dataset(cli_common.run_data_config(config))
     try:
         int8_path = export.convert_to_tflite(
             saved,
