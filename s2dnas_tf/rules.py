@@ -184,6 +184,16 @@ def _concat(pieces: list[Piece], name: str) -> Piece:
     return Piece(tensor, np.concatenate([p.idx for p in pieces]))
 
 
+def _check_same_channels(node, stage: int, pieces: list) -> None:
+    """Elementwise-joined slices of one stage must hold the same channels, in order."""
+    for p in pieces[1:]:
+        if not np.array_equal(p.idx, pieces[0].idx):
+            raise ValueError(
+                f"{node.name!r}: stage {stage}'s inputs hold different channels; this "
+                "architecture cannot be built."
+            )
+
+
 def _channels_in(node, graph) -> int:
     return graph.tensors[node.inputs[0]].channels
 
@@ -529,12 +539,7 @@ class MergeRule(LayerRule):
                         f"{node.name!r} ({type(layer).__name__}): stage {stage} computes only "
                         "some of its inputs; only Add and Multiply accept that."
                     )
-            for p in present[1:]:
-                if not np.array_equal(p.idx, present[0].idx):
-                    raise ValueError(
-                        f"{node.name!r}: stage {stage}'s inputs hold different channels; "
-                        "this architecture cannot be built."
-                    )
+            _check_same_channels(node, stage, present)
             if len(present) == 1:
                 out.append(present[0])
                 continue
@@ -628,11 +633,7 @@ class ElementwiseOpRule(LayerRule):
                     f"{node.name!r} ({type(node.layer).__name__}): stage {stage} computes only "
                     "one of its operands; this architecture cannot be built."
                 )
-            for p in present[1:]:
-                if not np.array_equal(p.idx, present[0].idx):
-                    raise ValueError(
-                        f"{node.name!r}: stage {stage}'s operands hold different channels."
-                    )
+            _check_same_channels(node, stage, present)
             y = self._call(node, [p.tensor for p in present])
             out.append(Piece(y, present[0].idx))
         return [out]
