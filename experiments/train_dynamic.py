@@ -3,7 +3,8 @@
     python experiments/train_dynamic.py --flagfile=experiments/configs/dynamic_cifar10_resnet20.flags
 
 Starts from a trained static model (`--base_model=model.keras`, e.g. from train_base.py),
-builds the S-stage network of `--tokens` (or the space's default architecture), trains it
+builds the S-stage network of `--tokens` (or the space's default architecture; or with
+`--early_exit` the early-exit baseline: exit classifiers on the static backbone), trains it
 from the inherited weights with sum_s w_s CE_s (+ distillation from the static model),
 calibrates exit thresholds on the validation split for `--flops_budget` and writes into
 --output_dir: config.json, arch.json, multistage.keras, report.json, report.md, curve.png,
@@ -23,6 +24,12 @@ cli_common.define_train_flags()
 flags.DEFINE_string("base_model", None, "The trained static model (.keras).")
 flags.DEFINE_integer("num_stages", 3, "Number of stages S.")
 flags.DEFINE_list("tokens", None, "Architecture tokens; default: the space's default arch.")
+flags.DEFINE_boolean(
+    "early_exit", False,
+    "The early-exit baseline instead of an S2DNAS architecture: an exit classifier after "
+    "each of --num_stages resolution stages of the static model (s2dnas_tf.early_exit), "
+    "trained with the backbone; --tokens must then be unset.",
+)
 flags.DEFINE_float("flops_budget", 0.5, "Average-FLOPs budget, a fraction of the static model's.")
 flags.DEFINE_list("stage_weights", None, "Loss weight per stage (default all 1).")
 flags.DEFINE_float("distill_weight", 1.0, "Weight of distillation from the static model (0: off).")
@@ -47,7 +54,7 @@ def main(argv):
     import keras
 
     import s2dnas_tf as s2d
-    from s2dnas_tf import data, pipeline, training
+    from s2dnas_tf import data, early_exit, pipeline, training
 
     out = FLAGS.output_dir
     if os.path.exists(os.path.join(out, "report.json")) and not FLAGS.overwrite:
@@ -60,16 +67,25 @@ def main(argv):
         splits = data.load_dataset(cli_common.data_config())
         base = keras.saving.load_model(FLAGS.base_model)
         data.check_num_classes(splits, base)
-        space = s2d.SearchSpace.from_model(base, num_stages=FLAGS.num_stages)
-        arch = space.decode([int(t) for t in FLAGS.tokens]) if FLAGS.tokens else (
-            space.default_arch()
-        )
+        if FLAGS.early_exit:
+            if FLAGS.tokens:
+                raise ValueError("--tokens and --early_exit exclude each other.")
+            space = arch = None
+            early_exit.attach_exits(base, FLAGS.num_stages)  # checks the model up front
+        else:
+            space = s2d.SearchSpace.from_model(base, num_stages=FLAGS.num_stages)
+            arch = space.decode([int(t) for t in FLAGS.tokens]) if FLAGS.tokens else (
+                space.default_arch()
+            )
         weights = [float(w) for w in FLAGS.stage_weights] if FLAGS.stage_weights else None
     except (ValueError, TypeError, FileNotFoundError, ImportError) as e:
         return cli_common.usage_error(str(e))
-    print(space.describe(), flush=True)
-    print(arch, flush=True)
-    cli_common.write_json(os.path.join(out, "arch.json"), arch.to_dict())
+    if arch is not None:
+        print(space.describe(), flush=True)
+        print(arch, flush=True)
+        cli_common.write_json(os.path.join(out, "arch.json"), arch.to_dict())
+    else:
+        print(f"early exits after {FLAGS.num_stages} resolution stages of {base.name}", flush=True)
 
     config = cli_common.train_config(
         os.path.join(out, "train"),
@@ -88,6 +104,10 @@ def main(argv):
             output_dir=out,
             log=lambda m: print(m, flush=True),
             export_name=base.name,
+            build_net=(
+                (lambda: early_exit.attach_exits(base, FLAGS.num_stages))
+                if FLAGS.early_exit else None
+            ),
         )
     except training.TrainingDivergedError as e:
         print(f"train_dynamic.py: {e}", file=sys.stderr)

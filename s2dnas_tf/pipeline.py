@@ -46,7 +46,7 @@ def train_and_report(
     *,
     base: keras.Model,
     teacher_fn: Callable[[], keras.Model],
-    arch: Arch,
+    arch: Arch | None,
     splits: data_lib.Splits,
     train_config: training.TrainConfig,
     flops_budget_ratio: float,
@@ -54,8 +54,12 @@ def train_and_report(
     search: dict | None = None,
     log: Callable[[str], None] = print,
     export_name: str | None = None,
+    build_net: Callable[[], keras.Model] | None = None,
 ) -> dict:
     """Trains `arch`'s multi-stage net from `base`, calibrates on validation, reports on test.
+
+    With `build_net` (and `arch=None`) the multi-stage net is another builder's, e.g.
+    `early_exit.attach_exits(base)`: any net with `transform`'s interface.
 
     Writes `multistage.keras`, `report.json`, `report.md` and `curve.png` into `output_dir`,
     and with `export_name` also `saved_model/<export_name>/1/` and `model.tflite`.
@@ -63,7 +67,7 @@ def train_and_report(
     Args:
         base: The trained static model (not modified).
         teacher_fn: Builds the distillation teacher (called inside the strategy's scope).
-        arch: The architecture.
+        arch: The architecture (None with `build_net`).
         splits: The data.
         train_config: How to train the multi-stage net (its output_dir holds the resume state).
         flops_budget_ratio: The FLOPs budget, a fraction of the static model's.
@@ -71,6 +75,8 @@ def train_and_report(
         search: The search summary for the report, if a search chose `arch`.
         log: Progress output.
         export_name: Export the SavedModel / TFLite under this model name (None: don't).
+        build_net: Builds the multi-stage net instead of `transform(base, arch)`; called
+            inside the training strategy's scope.
 
     Returns:
         The report dict.
@@ -78,12 +84,16 @@ def train_and_report(
     Raises:
         training.TrainingDivergedError: If training diverges.
     """
+    if (arch is None) == (build_net is None):
+        raise ValueError("Expected exactly one of arch and build_net.")
+    if build_net is None:
+        build_net = lambda: rewriter.transform(base, arch)  # noqa: E731
     static_flops = count_flops(base)
     static_acc = static_accuracy(base, splits.x_test, splits.y_test)
     log(f"static: test accuracy {static_acc:.4f}, FLOPs {static_flops:,}")
     start = time.time()
     net, history = training.train(
-        lambda: rewriter.transform(base, arch), splits, train_config, teacher_fn=teacher_fn
+        build_net, splits, train_config, teacher_fn=teacher_fn
     )
     train_seconds = time.time() - start
     tmp = os.path.join(output_dir, "multistage.tmp.keras")
@@ -101,7 +111,7 @@ def train_and_report(
         test_probs=training.predict_stage_probabilities(net, splits.x_test),
         test_labels=splits.y_test,
         flops_budget_ratio=flops_budget_ratio,
-        arch=arch.to_dict(),
+        arch=arch.to_dict() if arch is not None else None,
         search=search,
         extra={"train_seconds": train_seconds, "history": history},
     )
