@@ -15,7 +15,6 @@ A benchmark: it measures and reports, it asserts nothing about speed.
 import glob
 import json
 import os
-import time
 
 import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 from absl import flags
@@ -36,29 +35,11 @@ flags.register_validator(
 )
 
 
-def _time_calls(call, images, warmup):
-    for image in images[:warmup]:
-        call(image)
-    seconds = []
-    outputs = []
-    for image in images:
-        start = time.perf_counter()
-        out = call(image)
-        seconds.append(time.perf_counter() - start)
-        outputs.append(out)
-    ms = [s * 1000.0 for s in seconds]
-    import numpy as np
-
-    return {"median_ms": float(np.median(ms)), "mean_ms": float(np.mean(ms))}, outputs
-
-
 def main(argv):
     del argv
     import keras
-    import numpy as np
-    import tensorflow as tf
 
-    from s2dnas_tf import data, export
+    from s2dnas_tf import data, export, latency
 
     run = FLAGS.run_dir
     with open(os.path.join(run, "config.json")) as f:
@@ -75,7 +56,7 @@ def main(argv):
         return cli_common.usage_error(f"the run's static model {base_path!r} does not exist.")
     splits = data.load_dataset(cli_common.run_data_config(config))
     images = splits.x_test[: FLAGS.num_images] if FLAGS.num_images else splits.x_test
-    batch1 = [img[None].astype("float32") for img in images]
+    batch1 = latency.batch1_images(images)
 
     base = keras.saving.load_model(base_path)
     static_dir = os.path.join(run, "static")
@@ -88,20 +69,13 @@ def main(argv):
 
     result = {"num_images": len(batch1), "threads": FLAGS.threads, "savedmodel": {}, "tflite": {}}
     print(f"timing {len(batch1)} test images one at a time ...", flush=True)
-    exit_stages = None
     for kind, path in (("static", static_saved), ("dynamic", os.path.dirname(saved[-1]))):
-        fn = tf.saved_model.load(path).signatures[export.SERVING_BATCH1]
-        stats, outs = _time_calls(lambda x: fn(images=tf.constant(x)), batch1, FLAGS.warmup)
+        stats, stages = latency.time_saved_model(path, batch1, FLAGS.warmup)
         result["savedmodel"][kind] = stats
         if kind == "dynamic":
-            exit_stages = np.concatenate([o["exit_stage"].numpy() for o in outs])
-    from ai_edge_litert.interpreter import Interpreter
-
+            exit_stages = stages
     for kind, path in (("static", static_tflite), ("dynamic", tflite_path)):
-        interpreter = Interpreter(model_path=path, num_threads=FLAGS.threads)
-        runner = interpreter.get_signature_runner("serving_default")
-        stats, _ = _time_calls(lambda x: runner(images=x), batch1, FLAGS.warmup)
-        result["tflite"][kind] = stats
+        result["tflite"][kind] = latency.time_tflite(path, batch1, FLAGS.warmup, FLAGS.threads)
     num_stages = int(exit_stages.max()) if len(exit_stages) else 1
     with open(os.path.join(run, "report.json")) as f:
         report = json.load(f)

@@ -1,0 +1,385 @@
+"""The benchmark: S2DNAS against the static model, early exits, a thinner model, random search.
+
+    python experiments/benchmark.py --flagfile=experiments/configs/benchmark_cifar10_resnet20.flags
+
+Every method is trained on the same images and measured on the same test split:
+  static         the static model (`--base_model`, e.g. the shipped checkpoint, when it was
+                 trained on this run's data; else trained here with train_base.py);
+  thin_static    the same architecture at `--thin_width` width, trained from scratch with
+                 the static model's recipe (train_base.py --width_multiplier);
+  early_exit     exits after each resolution stage, trained with the backbone
+                 (train_dynamic.py --early_exit), calibrated like S2DNAS;
+  s2dnas_rl      the full pipeline with the REINFORCE search (search.py --searcher=rl);
+  s2dnas_random  the same with random search and the same number of candidates.
+Each step is a run of the project's own command in `--output_dir/<method>/`; then every
+method's SavedModel is timed at batch 1 over the test images (`s2dnas_tf.latency`).
+Writes `<results_dir>/<results_name>.{json,md,png}` and prints the table.
+
+Resumable: killed and started again with the same command, finished steps are skipped and a
+step that was running resumes from its own last checkpoint (the commands are resumable).
+Progress goes to stdout; run it in the background, e.g. with `nohup ... > bench.log &`.
+"""
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+from absl import flags
+
+FLAGS = flags.FLAGS
+cli_common.define_data_flags()
+flags.DEFINE_boolean(
+    "full_train_set", False, "Train on all training images (overrides --per_class_limit)."
+)
+flags.DEFINE_list(
+    "methods", ["static", "thin_static", "early_exit", "s2dnas_rl", "s2dnas_random"],
+    "Methods to run (static is always measured: the others are compared with it).",
+)
+flags.DEFINE_string(
+    "base_model", None,
+    "A trained static model (.keras) with its sidecar <name>.json saying which data it was "
+    "trained on; used when that matches this run's data, else the static model is trained "
+    "here.",
+)
+flags.DEFINE_string("model", "resnet20", "The static model to train when --base_model is unusable.")
+flags.DEFINE_integer("base_epochs", 15, "Epochs of the static (and thin) model trained here.")
+flags.DEFINE_float("base_learning_rate", 0.1, "Learning rate of the static (and thin) model.")
+flags.DEFINE_float("thin_width", 0.5, "Width multiplier of thin_static.")
+flags.DEFINE_integer("num_stages", 3, "Stages / exits of the dynamic methods.")
+flags.DEFINE_float("flops_budget", 0.5, "Average-FLOPs budget of the dynamic methods' thresholds.")
+flags.DEFINE_integer("num_candidates", 16, "Architectures each search evaluates.")
+flags.DEFINE_integer("search_batch_size", 4, "Architectures per controller update.")
+flags.DEFINE_integer("candidate_steps", 60, "Fine-tuning steps per candidate.")
+flags.DEFINE_float("candidate_learning_rate", 0.01, "Learning rate of the candidates.")
+flags.DEFINE_integer("epochs", 10, "Training epochs of the chosen S2DNAS nets and of early_exit.")
+flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate of that training.")
+flags.DEFINE_integer("batch_size", 128, "Batch size of every training.")
+flags.DEFINE_float("distill_weight", 1.0, "Distillation from the static model (dynamic methods).")
+flags.DEFINE_float("distill_temperature", 4.0, "Distillation temperature.")
+flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch of every training (tests).")
+flags.DEFINE_integer("seed", 0, "Seed of the data split, training and search.")
+flags.DEFINE_integer("latency_images", None, "Time the first N test images (default: all).")
+flags.DEFINE_integer("latency_warmup", 20, "Untimed calls before timing.")
+flags.DEFINE_boolean("tflite", True, "Also time the float TFLite models (needs ai-edge-litert).")
+flags.DEFINE_integer("verbose", 2, "Keras progress output of the trainings (0, 1, 2).")
+flags.DEFINE_string("output_dir", None, "Where the methods' runs go.")
+flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
+flags.DEFINE_string("results_name", None, "Results file name (default: <dataset>_<model>).")
+flags.mark_flag_as_required("output_dir")
+for _name in ("base_epochs", "num_candidates", "search_batch_size", "candidate_steps",
+              "epochs", "batch_size"):
+    flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1.")
+flags.register_validator("latency_warmup", lambda v: v >= 0, "--latency_warmup must be >= 0.")
+flags.register_validator("num_stages", lambda v: v >= 2, "--num_stages must be >= 2.")
+flags.register_validator("thin_width", lambda v: 0 < v < 1, "--thin_width must be in (0, 1).")
+flags.register_validator("flops_budget", lambda v: 0 < v <= 1, "--flops_budget must be in (0, 1].")
+flags.register_validator(
+    "latency_images", lambda v: v is None or v >= 1, "--latency_images must be >= 1."
+)
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _say(message: str) -> None:
+    print(f"[benchmark {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def _run(step: str, script: str, args: list[str]) -> float:
+    """Runs one of the project's commands; returns its wall time in seconds."""
+    command = [sys.executable, os.path.join(_HERE, script)] + args
+    _say(f"{step}: {' '.join(shlex.quote(c) for c in command[1:])}")
+    start = time.time()
+    code = subprocess.call(command)
+    if code != 0:
+        raise StepFailed(f"step {step} failed (exit code {code}); its output is above.")
+    return time.time() - start
+
+
+def _per_class_limit():
+    return None if FLAGS.full_train_set else FLAGS.per_class_limit
+
+
+def _data_args() -> list[str]:
+    args = [f"--dataset={FLAGS.dataset}", f"--validation_fraction={FLAGS.validation_fraction}",
+            f"--seed={FLAGS.seed}", f"--batch_size={FLAGS.batch_size}",
+            f"--verbose={FLAGS.verbose}"]
+    if FLAGS.data_dir:
+        args.append(f"--data_dir={FLAGS.data_dir}")
+    if _per_class_limit():
+        args.append(f"--per_class_limit={_per_class_limit()}")
+    if FLAGS.steps_per_epoch:
+        args.append(f"--steps_per_epoch={FLAGS.steps_per_epoch}")
+    return args
+
+
+def _data_key() -> dict:
+    return {"dataset": FLAGS.dataset, "per_class_limit": _per_class_limit(),
+            "validation_fraction": FLAGS.validation_fraction, "seed": FLAGS.seed}
+
+
+def _usable_base_model() -> tuple[str | None, dict | None, str]:
+    """(path, sidecar) of --base_model if it was trained on this run's data, else
+    (None, None, why)."""
+    path = FLAGS.base_model
+    if not path:
+        return None, None, "no --base_model given"
+    if not os.path.isfile(path):
+        return None, None, f"--base_model {path} does not exist"
+    sidecar = os.path.splitext(path)[0] + ".json"
+    if not os.path.isfile(sidecar):
+        return None, None, f"{sidecar} (which data {path} was trained on) does not exist"
+    with open(sidecar) as f:
+        info = json.load(f)
+    if info.get("data") != _data_key():
+        return None, None, (f"{path} was trained on {info.get('data')}, this run uses "
+                            f"{_data_key()}")
+    return path, info, "matches this run's data"
+
+
+def _timings_path():
+    return os.path.join(FLAGS.output_dir, "step_seconds.json")
+
+
+def _record_seconds(step: str, seconds: float) -> None:
+    path = _timings_path()
+    timings = json.load(open(path)) if os.path.exists(path) else {}
+    timings[step] = timings.get(step, 0.0) + seconds
+    cli_common.write_json(path, timings)
+
+
+def _train_steps(base_path: str, recipe: dict) -> None:
+    """Runs the training / search step of every requested method that is not done."""
+    out = FLAGS.output_dir
+    common_dynamic = [
+        f"--base_model={base_path}", f"--num_stages={FLAGS.num_stages}",
+        f"--flops_budget={FLAGS.flops_budget}", f"--epochs={FLAGS.epochs}",
+        f"--learning_rate={FLAGS.learning_rate}", f"--distill_weight={FLAGS.distill_weight}",
+        f"--distill_temperature={FLAGS.distill_temperature}",
+    ]
+    for method in FLAGS.methods:
+        run_dir = os.path.join(out, method)
+        if method == "thin_static":
+            if os.path.isfile(os.path.join(run_dir, "model.keras")):
+                _say("thin_static: trained already")
+                continue
+            seconds = _run("thin_static", "train_base.py", _data_args() + [
+                f"--model={recipe['model']}", f"--width_multiplier={FLAGS.thin_width}",
+                f"--epochs={recipe['epochs']}", f"--learning_rate={recipe['learning_rate']}",
+                f"--augment={str(recipe['augment']).lower()}", f"--output_dir={run_dir}",
+            ])
+        elif method == "early_exit":
+            if os.path.isfile(os.path.join(run_dir, "report.json")):
+                _say("early_exit: done already")
+                continue
+            seconds = _run("early_exit", "train_dynamic.py", _data_args() + common_dynamic + [
+                "--early_exit", f"--output_dir={run_dir}",
+            ])
+        elif method in ("s2dnas_rl", "s2dnas_random"):
+            if os.path.isfile(os.path.join(run_dir, "report.json")):
+                _say(f"{method}: done already")
+                continue
+            seconds = _run(method, "search.py", _data_args() + common_dynamic + [
+                f"--searcher={method.split('_')[1]}",
+                f"--num_candidates={FLAGS.num_candidates}",
+                f"--search_batch_size={FLAGS.search_batch_size}",
+                f"--candidate_steps={FLAGS.candidate_steps}",
+                f"--candidate_learning_rate={FLAGS.candidate_learning_rate}",
+                "--reward=budget", f"--output_dir={run_dir}",
+            ])
+        else:
+            continue
+        _record_seconds(method, seconds)
+
+
+def _measure(method, base_path, splits, images, static_flops):
+    """The method's record (cached in <output_dir>/<method>/benchmark.json)."""
+    import keras
+
+    from s2dnas_tf import benchmark, count_flops, export, latency, training
+
+    run_dir = os.path.join(FLAGS.output_dir, method)
+    cache = os.path.join(run_dir, "benchmark.json")
+    if os.path.isfile(cache):
+        with open(cache) as f:
+            cached = json.load(f)
+        if cached.get("num_images") == len(images):
+            return cached["record"]
+    os.makedirs(run_dir, exist_ok=True)
+    _say(f"{method}: measuring (test accuracy, FLOPs, batch-1 latency over {len(images)} "
+         "test images) ...")
+    tflite_stats = None
+    if method in ("static", "thin_static"):
+        path = base_path if method == "static" else os.path.join(run_dir, "model.keras")
+        model = keras.saving.load_model(path)
+        probs = training.predict_stage_probabilities(model, splits.x_test)[0]
+        accuracy = float((probs.argmax(-1) == splits.y_test).mean())
+        saved = export.export_static(
+            model, os.path.join(run_dir, "saved_model"), model.name, overwrite=True
+        )
+        stats, _ = latency.time_saved_model(saved, images, FLAGS.latency_warmup)
+        if FLAGS.tflite:
+            tflite = export.convert_to_tflite(saved, os.path.join(run_dir, "model.tflite"))
+            tflite_stats = latency.time_tflite(tflite, images, FLAGS.latency_warmup)
+        record = benchmark.static_record(
+            accuracy=accuracy, flops=count_flops(model), latency=stats,
+            tflite_latency=tflite_stats,
+        )
+    else:
+        with open(os.path.join(run_dir, "report.json")) as f:
+            report = json.load(f)
+        if report["static"]["flops"] != static_flops:
+            raise StepFailed(f"{run_dir} was built from another static model")
+        saved = report["export"]["saved_model"]
+        stats, exit_stages = latency.time_saved_model(saved, images, FLAGS.latency_warmup)
+        if FLAGS.tflite:
+            tflite_stats = latency.time_tflite(
+                report["export"]["tflite"], images, FLAGS.latency_warmup
+            )
+        record = benchmark.dynamic_record(
+            report, latency=stats, exit_stages=exit_stages, tflite_latency=tflite_stats
+        )
+    timings_path = _timings_path()
+    if os.path.exists(timings_path):
+        with open(timings_path) as f:
+            record["step_seconds"] = json.load(f).get(method)
+    cli_common.write_json(cache, {"num_images": len(images), "record": record})
+    _say(f"{method}: accuracy {record['accuracy']:.4f}, {record['avg_flops'] / 1e6:.2f} MFLOPs, "
+         f"SavedModel {record['latency_ms']:.3f} ms/image")
+    return record
+
+
+def _machine() -> str:
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPU cores ({cpu}), no GPU used, Python "
+            f"{platform.python_version()}, TensorFlow {tf.__version__}, {platform.system()}")
+
+
+def main(argv):
+    del argv
+    unknown = sorted(set(FLAGS.methods) - set(_methods()))
+    if unknown:
+        return cli_common.usage_error(
+            f"--methods accepts {', '.join(_methods())}. Received: {', '.join(unknown)}"
+        )
+    out = FLAGS.output_dir
+    os.makedirs(out, exist_ok=True)
+    start = time.time()
+    from s2dnas_tf import benchmark, count_flops, data, latency
+
+    try:
+        splits = data.load_dataset(data.DataConfig(
+            name=FLAGS.dataset, data_dir=FLAGS.data_dir, per_class_limit=_per_class_limit(),
+            validation_fraction=FLAGS.validation_fraction, seed=FLAGS.seed,
+        ))
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+        return cli_common.usage_error(str(e))
+    _say(f"data: {splits!r}")
+
+    # The static model: the given checkpoint if it was trained on these images, else here.
+    base_path, info, why = _usable_base_model()
+    if base_path:
+        _say(f"static: {base_path} ({why})")
+        recipe = info["train"]
+    else:
+        _say(f"static: training {FLAGS.model} here ({why})")
+        recipe = {"model": FLAGS.model, "epochs": FLAGS.base_epochs,
+                  "learning_rate": FLAGS.base_learning_rate, "augment": FLAGS.dataset != "digits"}
+        static_dir = os.path.join(out, "static")
+        base_path = os.path.join(static_dir, "model.keras")
+        if not os.path.isfile(base_path):
+            try:
+                seconds = _run("static", "train_base.py", _data_args() + [
+                    f"--model={recipe['model']}", f"--epochs={recipe['epochs']}",
+                    f"--learning_rate={recipe['learning_rate']}",
+                    f"--augment={str(recipe['augment']).lower()}", f"--output_dir={static_dir}",
+                ])
+            except StepFailed as e:
+                print(f"benchmark.py: {e}", file=sys.stderr)
+                return 1
+            _record_seconds("static", seconds)
+    import keras
+
+    static_flops = count_flops(keras.saving.load_model(base_path))
+    try:
+        _train_steps(base_path, recipe)
+    except StepFailed as e:
+        print(f"benchmark.py: {e}", file=sys.stderr)
+        return 1
+
+    # Every model timed the same way, one after the other, on the same images.
+    x = splits.x_test[: FLAGS.latency_images] if FLAGS.latency_images else splits.x_test
+    images = latency.batch1_images(x)
+    methods = {}
+    for method in ["static"] + [m for m in _methods() if m in FLAGS.methods and m != "static"]:
+        try:
+            methods[method] = _measure(method, base_path, splits, images, static_flops)
+        except StepFailed as e:
+            print(f"benchmark.py: {e}", file=sys.stderr)
+            return 1
+
+    results = {
+        "title": f"{recipe['model']} on {splits.name} ({FLAGS.data_dir or FLAGS.dataset})",
+        "command": "python experiments/benchmark.py " + " ".join(
+            shlex.quote(a) for a in sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": _machine(),
+        "data": (f"{len(splits.x_train)} training + {len(splits.x_val)} validation images "
+                 f"({'all' if not _per_class_limit() else f'first {_per_class_limit()}'} per "
+                 f"class, validation held out of them), {len(splits.x_test)} test images; "
+                 f"latency over {len(images)} test images"),
+        "setup": (f"static: {recipe['model']} {recipe['epochs']} epochs lr "
+                  f"{recipe['learning_rate']}; thin_static: width {FLAGS.thin_width}, same "
+                  f"recipe; dynamic methods: {FLAGS.num_stages} stages/exits, {FLAGS.epochs} "
+                  f"epochs lr {FLAGS.learning_rate} from the static weights, distillation "
+                  f"weight {FLAGS.distill_weight} T {FLAGS.distill_temperature}, thresholds "
+                  f"for {FLAGS.flops_budget:.0%} FLOPs on validation; searches: "
+                  f"{FLAGS.num_candidates} candidates of {FLAGS.candidate_steps} steps, "
+                  f"{FLAGS.search_batch_size} per controller update"),
+        "static_flops": static_flops,
+        "methods": methods,
+    }
+    results["goals"] = benchmark.evaluate_goals(methods, flops_ratio=FLAGS.flops_budget)
+    timings_path = _timings_path()
+    if os.path.exists(timings_path):
+        with open(timings_path) as f:
+            results["step_seconds"] = json.load(f)
+    name = FLAGS.results_name or f"{FLAGS.dataset}_{recipe['model']}"
+    os.makedirs(FLAGS.results_dir, exist_ok=True)
+    base = os.path.join(FLAGS.results_dir, name)
+    cli_common.write_json(base + ".json", results)
+    markdown = benchmark.to_markdown(results)
+    tmp = base + ".md.tmp"
+    with open(tmp, "w") as f:
+        f.write(markdown)
+    os.replace(tmp, base + ".md")
+    benchmark.plot(results, base + ".png")
+    print(markdown, flush=True)
+    _say(f"wrote {base}.json, .md and .png ({time.time() - start:.0f} s in this invocation)")
+    return 0
+
+
+def _methods():
+    from s2dnas_tf.benchmark import METHODS
+
+    return METHODS
+
+
+if __name__ == "__main__":
+    cli_common.run(main)

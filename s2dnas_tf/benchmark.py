@@ -1,0 +1,282 @@
+"""Benchmark results: one record per method, the issue's goals checked, Markdown and a plot.
+
+experiments/benchmark.py runs the methods; this module turns their measurements into
+`{"methods": {name: {"accuracy", "avg_flops", "latency_ms", "curve": [{"accuracy",
+"avg_flops"}], ...}}, ...}` and says plainly which goals are met. Library code: no flags.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+METHODS = ("static", "thin_static", "early_exit", "s2dnas_rl", "s2dnas_random")
+DYNAMIC_METHODS = ("early_exit", "s2dnas_rl", "s2dnas_random")
+LABELS = {
+    "static": "static ResNet (original)",
+    "thin_static": "thin static (half width, from scratch)",
+    "early_exit": "early exits, no search",
+    "s2dnas_rl": "S2DNAS, REINFORCE search",
+    "s2dnas_random": "S2DNAS, random search",
+}
+
+
+def static_record(
+    *, accuracy: float, flops: float, latency: dict, tflite_latency: dict | None,
+    train_seconds: float | None = None,
+) -> dict[str, Any]:
+    """The record of a single-exit model: its curve is its one point."""
+    return {
+        "accuracy": float(accuracy),
+        "avg_flops": float(flops),
+        "latency_ms": float(latency["mean_ms"]),
+        "latency_median_ms": float(latency["median_ms"]),
+        "tflite_latency_ms": None if tflite_latency is None else float(tflite_latency["mean_ms"]),
+        "curve": [{"accuracy": float(accuracy), "avg_flops": float(flops)}],
+        "exit_fractions": [1.0],
+        "oracle": None,
+        "search_seconds": None,
+        "train_seconds": train_seconds,
+    }
+
+
+def dynamic_record(
+    report: dict, *, latency: dict, exit_stages: np.ndarray, tflite_latency: dict | None
+) -> dict[str, Any]:
+    """The record of a multi-exit model from its run report (`report.build_report`) and
+    its SavedModel's timing; `exit_stages` are the SavedModel's own exits on the timed
+    images (they must match the report's calibrated policy)."""
+    dyn = report["dynamic"]
+    search = report.get("search") or {}
+    num_stages = len(dyn["exit_fractions"])
+    exit_stages = np.asarray(exit_stages)
+    return {
+        "accuracy": float(dyn["accuracy"]),
+        "avg_flops": float(dyn["avg_flops"]),
+        "latency_ms": float(latency["mean_ms"]),
+        "latency_median_ms": float(latency["median_ms"]),
+        "tflite_latency_ms": None if tflite_latency is None else float(tflite_latency["mean_ms"]),
+        "curve": [
+            {"accuracy": float(p["accuracy"]), "avg_flops": float(p["avg_flops"])}
+            for p in report["curve"]
+        ],
+        "exit_fractions": [float(f) for f in dyn["exit_fractions"]],
+        "exit_fractions_saved_model": [
+            float((exit_stages == s).mean()) for s in range(1, num_stages + 1)
+        ],
+        "thresholds": [float(t) for t in dyn["thresholds"]],
+        "stage_flops": [int(f) for f in dyn["stage_flops"]],
+        "stage_accuracy": [float(a) for a in report["stage_accuracy"]],
+        "oracle": {
+            "accuracy": float(report["oracle"]["accuracy"]),
+            "avg_flops": float(report["oracle"]["avg_flops"]),
+        },
+        "search_seconds": float(search["seconds"]) if search.get("evaluated") else None,
+        "search_evaluated": int(search.get("evaluated") or 0),
+        "search_best_reward": search.get("best_reward"),
+        "train_seconds": report.get("train_seconds"),
+        "arch": (report.get("arch") or {}).get("readable"),
+    }
+
+
+def best_accuracy_within(curve: Sequence[dict], flops: float) -> float | None:
+    """The best accuracy among curve points that cost at most `flops` (None if none does):
+    what the method offers at that average cost."""
+    within = [p["accuracy"] for p in curve if p["avg_flops"] <= flops * (1 + 1e-9)]
+    return max(within) if within else None
+
+
+def evaluate_goals(
+    methods: dict[str, dict],
+    *,
+    accuracy_tolerance: float = 0.005,
+    flops_ratio: float = 0.5,
+    latency_ratio: float = 0.6,
+    method: str = "s2dnas_rl",
+) -> list[dict[str, Any]]:
+    """The issue's goals, each {"goal", "met" (bool or None when a method is missing),
+    "detail"}. Compares `method` (the operating point its thresholds were calibrated for,
+    and its test curve) with the others."""
+    goals = []
+    s, m = methods.get("static"), methods.get(method)
+
+    def add(goal, met, detail):
+        goals.append({"goal": goal, "met": met, "detail": detail})
+
+    if s is None or m is None:
+        add(f"{method} vs static", None, "static or the method was not run")
+        return goals
+    d_acc = m["accuracy"] - s["accuracy"]
+    f_ratio = m["avg_flops"] / s["avg_flops"]
+    add(
+        f"accuracy within {accuracy_tolerance * 100:.1f} point of static at <= "
+        f"{flops_ratio:.2f}x FLOPs",
+        bool(d_acc >= -accuracy_tolerance and f_ratio <= flops_ratio),
+        f"{m['accuracy']:.4f} vs {s['accuracy']:.4f} ({d_acc * 100:+.2f} points) at "
+        f"{f_ratio:.3f}x FLOPs",
+    )
+    l_ratio = m["latency_ms"] / s["latency_ms"]
+    add(
+        f"SavedModel batch-1 latency <= {latency_ratio:.2f}x static",
+        bool(l_ratio <= latency_ratio),
+        f"{m['latency_ms']:.3f} ms vs {s['latency_ms']:.3f} ms ({l_ratio:.2f}x)",
+    )
+    for other in ("early_exit", "thin_static"):
+        o = methods.get(other)
+        if o is None:
+            add(f"more accurate than {other} at equal FLOPs", None, f"{other} was not run")
+            continue
+        mine = best_accuracy_within(m["curve"], o["avg_flops"])
+        met = mine is not None and mine > o["accuracy"]
+        add(
+            f"more accurate than {other} at equal FLOPs",
+            bool(met),
+            f"at {other}'s {o['avg_flops'] / s['avg_flops']:.3f}x FLOPs: {method} "
+            + ("has no point" if mine is None else f"{mine:.4f}")
+            + f" vs {other} {o['accuracy']:.4f}",
+        )
+    r = methods.get("s2dnas_random")
+    if r is None or method == "s2dnas_random":
+        add("REINFORCE at least as good as random search", None, "random search was not run")
+    else:
+        mine = best_accuracy_within(m["curve"], r["avg_flops"])
+        met = mine is not None and mine >= r["accuracy"]
+        add(
+            "REINFORCE at least as good as random search",
+            bool(met),
+            f"at random's {r['avg_flops'] / s['avg_flops']:.3f}x FLOPs: RL "
+            + ("has no point" if mine is None else f"{mine:.4f}")
+            + f" vs random {r['accuracy']:.4f}; best search reward RL "
+            f"{_fmt(m.get('search_best_reward'))} vs random {_fmt(r.get('search_best_reward'))}",
+        )
+    return goals
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def to_markdown(results: dict) -> str:
+    """The benchmark for people: set-up, table, goals, notes."""
+    methods = results["methods"]
+    static = methods.get("static")
+    base_flops = static["avg_flops"] if static else None
+    base_lat = static["latency_ms"] if static else None
+    lines = [f"# Benchmark: {results.get('title', '')}", ""]
+    for key in ("command", "date", "machine", "data", "setup"):
+        if results.get(key):
+            lines.append(f"- {key}: {results[key]}")
+    lines += [
+        "",
+        "Accuracy on the test split; thresholds of the dynamic methods calibrated on the "
+        "validation split for the FLOPs budget; FLOPs are multiply-accumulates per image "
+        "(average over the test split for the dynamic methods); latency = the exported "
+        "SavedModel's batch-1 signature, one test image at a time, mean over the timed images "
+        "(TFLite: float model, LiteRT interpreter, 1 thread).",
+        "",
+        "| method | accuracy | vs static | avg MFLOPs | FLOPs ratio | SavedModel ms | "
+        "latency ratio | TFLite ms | exit fractions | oracle acc @ FLOPs ratio | search s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in METHODS:
+        m = methods.get(name)
+        if m is None:
+            continue
+        oracle = m.get("oracle")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    name,
+                    f"{m['accuracy']:.4f}",
+                    f"{(m['accuracy'] - static['accuracy']) * 100:+.2f} pt" if static else "-",
+                    f"{m['avg_flops'] / 1e6:.2f}",
+                    f"{m['avg_flops'] / base_flops:.3f}" if base_flops else "-",
+                    f"{m['latency_ms']:.3f}",
+                    f"{m['latency_ms'] / base_lat:.2f}" if base_lat else "-",
+                    "-" if m.get("tflite_latency_ms") is None else f"{m['tflite_latency_ms']:.3f}",
+                    ", ".join(f"{f:.3f}" for f in m["exit_fractions"]),
+                    "-" if not oracle else (
+                        f"{oracle['accuracy']:.4f} @ {oracle['avg_flops'] / base_flops:.3f}"
+                        if base_flops else f"{oracle['accuracy']:.4f}"
+                    ),
+                    "-" if m.get("search_seconds") is None else f"{m['search_seconds']:.0f}",
+                ]
+            )
+            + " |"
+        )
+    lines += ["", "## Goals", ""]
+    for g in results.get("goals", []):
+        mark = {True: "met", False: "**not met**", None: "not measured"}[g["met"]]
+        lines.append(f"- {g['goal']}: {mark} — {g['detail']}")
+    if base_flops:
+        lines += ["", "## Accuracy at equal average FLOPs (best test-curve point within the "
+                  "cost)", "", "| FLOPs ratio | " + " | ".join(
+                      n for n in DYNAMIC_METHODS if n in methods) + " |",
+                  "| --- |" + " --- |" * sum(n in methods for n in DYNAMIC_METHODS)]
+        for ratio in (0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7):
+            cells = []
+            for n in DYNAMIC_METHODS:
+                if n in methods:
+                    acc = best_accuracy_within(methods[n]["curve"], ratio * base_flops)
+                    cells.append("-" if acc is None else f"{acc:.4f}")
+            lines.append(f"| {ratio:.2f} | " + " | ".join(cells) + " |")
+    for name in DYNAMIC_METHODS:
+        m = methods.get(name)
+        if m and m.get("arch"):
+            lines += ["", f"### {name}: architecture", "", "```", m["arch"], "```"]
+    if results.get("notes"):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in results["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: str) -> None:
+    """Accuracy vs. FLOPs ratio (curves and points) and accuracy vs. SavedModel latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = results["methods"]
+    static = methods["static"]
+    flops = static["avg_flops"]
+    colors = {"static": "black", "thin_static": "tab:gray", "early_exit": "tab:orange",
+              "s2dnas_rl": "tab:red", "s2dnas_random": "tab:blue"}
+    fig, (ax, lat) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in METHODS:
+        m = methods.get(name)
+        if m is None:
+            continue
+        c = colors[name]
+        if name in DYNAMIC_METHODS:
+            pts = sorted(m["curve"], key=lambda p: p["avg_flops"])
+            ax.plot([p["avg_flops"] / flops for p in pts], [p["accuracy"] for p in pts],
+                    "-", color=c, lw=1.2, label=f"{LABELS[name]} (curve)")
+            ax.plot([m["avg_flops"] / flops], [m["accuracy"]], "*", ms=12, color=c)
+        else:
+            ax.plot([m["avg_flops"] / flops], [m["accuracy"]], "s", ms=8, color=c,
+                    label=LABELS[name])
+        lat.plot([m["latency_ms"]], [m["accuracy"]], "*" if name in DYNAMIC_METHODS else "s",
+                 ms=11, color=c, label=LABELS[name])
+    ax.axhline(static["accuracy"] - 0.005, color="black", ls=":", lw=0.8,
+               label="static - 0.5 point")
+    ax.axvline(0.5, color="black", ls="--", lw=0.8)
+    ax.set_xlabel("average FLOPs / static FLOPs")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy vs. average FLOPs (stars: calibrated operating points)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    lat.axvline(0.6 * static["latency_ms"], color="black", ls="--", lw=0.8,
+                label="0.6x static latency")
+    lat.set_xlabel("SavedModel batch-1 latency, mean ms per image")
+    lat.set_ylabel("test accuracy")
+    lat.set_title("accuracy vs. measured latency")
+    lat.grid(alpha=0.3)
+    lat.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
