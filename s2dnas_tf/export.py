@@ -74,6 +74,7 @@ __all__ = [
     "convert_to_tflite",
     "export_saved_model",
     "export_static",
+    "fold_batchnorm",
     "split_stages",
     "tflite_op_names",
     "tflite_subgraphs",
@@ -263,6 +264,115 @@ def _call_stage(stage: StageModel, inputs: Sequence[tf.Tensor]) -> list[tf.Tenso
 
 
 # --------------------------------------------------------------------------------------
+# Batch-norm folding (inference graphs only).
+
+_FOLDABLE_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+def fold_batchnorm(model: keras.Model) -> keras.Model:
+    """A copy of `model` with every BatchNormalization that directly follows a convolution
+    folded into that convolution's kernel and bias (inference only).
+
+    Keras 3 computes an inference BatchNormalization as ~5 elementwise TensorFlow ops; in a
+    batch-1 SavedModel they cost about a quarter of a small CNN's latency (ResNet-20 on
+    32x32: 2.4 -> 1.8 ms measured). A pair folds when the Conv2D / DepthwiseConv2D has a
+    linear activation, its output is read by that BatchNormalization alone (channels
+    last) and is not a model output. Other layers are copied unchanged, with their names,
+    so `split_stages` still finds the stages. TFLite's converter folds these pairs itself.
+
+    Args:
+        model: A functional/Sequential keras.Model (not modified).
+
+    Returns:
+        The folded copy (a functional keras.Model with the same inputs and outputs; the
+        same outputs up to float rounding).
+
+    Raises:
+        TypeError: If `model` is not a functional/Sequential keras.Model.
+    """
+    graph = graph_lib.trace(model, single_output=False)
+    folds = _batchnorm_folds(graph)
+    folded_bns = {bn.index for bn in folds.values()}
+    values = {}
+    inputs = []
+    for key in graph.inputs:
+        tensor = graph.keras_tensors[key]
+        values[key] = keras.Input(batch_shape=tensor.shape, dtype=tensor.dtype,
+                                  name=tensor.name)
+        inputs.append(values[key])
+    copies = []
+    for node in graph.nodes:
+        node_inputs = [values[k] for k in node.inputs]
+        if node.index in folded_bns:
+            values[node.outputs[0]] = node_inputs[0]
+            continue
+        args, kwargs = node.filled_arguments(node_inputs)
+        layer = node.layer
+        if isinstance(layer, keras.layers.Layer):
+            config = layer.get_config()
+            config["name"] = node.name
+            if node.index in folds:
+                config["use_bias"] = True
+            clone = type(layer).from_config(config)
+            outputs = clone(*args, **kwargs)
+            if node.index in folds:
+                copies.append((clone, _folded_weights(layer, folds[node.index].layer)))
+            else:
+                copies.append((clone, layer.get_weights()))
+        else:  # a keras.ops call: no weights, replayed as is
+            outputs = layer(*args, **kwargs)
+        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+        values.update(zip(node.outputs, outputs))
+    for clone, weights in copies:
+        clone.set_weights(weights)
+    outputs = [values[k] for k in graph.outputs]
+    return keras.Model(
+        inputs[0] if len(inputs) == 1 else inputs,
+        outputs[0] if len(outputs) == 1 else outputs,
+        name=model.name,
+    )
+
+
+def _batchnorm_folds(graph: graph_lib.Graph) -> dict[int, graph_lib.OpNode]:
+    """Index of each foldable convolution node -> the BatchNormalization node after it."""
+    folds = {}
+    model_outputs = set(graph.outputs)
+    for node in graph.nodes:
+        if type(node.layer) not in _FOLDABLE_CONVS or len(node.outputs) != 1:
+            continue
+        if node.layer.get_config().get("activation") not in (None, "linear"):
+            continue
+        (key,) = node.outputs
+        consumers = graph.consumers(key)
+        if key in model_outputs or len(consumers) != 1:
+            continue
+        (bn,) = consumers
+        if type(bn.layer) is not keras.layers.BatchNormalization or len(bn.inputs) != 1:
+            continue
+        if bn.layer.axis not in (-1, 3) or bn.call_kwargs.get("training"):
+            continue
+        folds[node.index] = bn
+    return folds
+
+
+def _folded_weights(conv, bn) -> list[np.ndarray]:
+    """[kernel, bias] of `conv` followed by `bn` in inference mode."""
+    depthwise = isinstance(conv, keras.layers.DepthwiseConv2D)
+    kernel = np.asarray(conv.kernel, np.float64)  # depthwise: [kh, kw, in, multiplier]
+    bias = np.asarray(conv.bias, np.float64) if conv.use_bias else 0.0
+    gamma = np.asarray(bn.gamma, np.float64) if bn.scale else 1.0
+    beta = np.asarray(bn.beta, np.float64) if bn.center else 0.0
+    scale = gamma / np.sqrt(np.asarray(bn.moving_variance, np.float64) + bn.epsilon)
+    shift = beta - np.asarray(bn.moving_mean, np.float64) * scale
+    if depthwise:  # output channel c * multiplier + m
+        kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+    else:
+        kernel = kernel * scale
+    dtype = conv.kernel.dtype
+    return [kernel.astype(dtype), (bias * scale + shift).astype(dtype)]
+
+
+# --------------------------------------------------------------------------------------
 # The serving modules.
 
 
@@ -285,6 +395,7 @@ class DynamicModule(tf.Module):
         net: keras.Model | SplitNet,
         thresholds: Sequence[float],
         name: str | None = None,
+        fold_bn: bool = True,
     ):
         """Builds the module.
 
@@ -293,12 +404,17 @@ class DynamicModule(tf.Module):
             thresholds: S - 1 exit thresholds (see `calibration.exit_stages`): 0.0 lets
                 every sample exit after stage 1, a value > 1 lets none exit early.
             name: Module name; defaults to the network's.
+            fold_bn: Fold conv + BatchNormalization pairs of a keras.Model `net`
+                first (`fold_batchnorm`): the same outputs, fewer ops per stage.
 
         Raises:
             TypeError: If `thresholds` is not a sequence of real numbers.
             ValueError: If it does not hold S - 1 of them, or `net` cannot be split.
         """
-        split = net if isinstance(net, SplitNet) else split_stages(net)
+        if isinstance(net, SplitNet):
+            split = net
+        else:
+            split = split_stages(fold_batchnorm(net) if fold_bn else net)
         super().__init__(name=name or _module_name(split.name))
         self._split = split
         taus = _validate_thresholds(thresholds, split.num_stages)
@@ -449,7 +565,7 @@ class StaticModule(tf.Module):
     so a static and a dynamic export are served and timed the same way.
     """
 
-    def __init__(self, model: keras.Model, name: str | None = None):
+    def __init__(self, model: keras.Model, name: str | None = None, fold_bn: bool = True):
         """Builds the module.
 
         Args:
@@ -457,6 +573,8 @@ class StaticModule(tf.Module):
                 or probabilities if it ends in a softmax (`logits` are then their logs,
                 which have the same softmax).
             name: Module name; defaults to the model's.
+            fold_bn: Serve `fold_batchnorm(model)` (functional/Sequential models;
+                others are served as they are), as `DynamicModule` does.
 
         Raises:
             TypeError: If `model` is not a keras.Model.
@@ -483,9 +601,14 @@ class StaticModule(tf.Module):
                 f"Received: model {model.name!r} from {input_shape!r} to {output_shape!r}"
             )
         super().__init__(name=name or _module_name(model.name))
+        self._ends_in_softmax = _ends_in_softmax(model)
+        if fold_bn:
+            try:
+                model = fold_batchnorm(model)
+            except TypeError:  # a subclassed model has no graph to fold
+                pass
         self.model = model
         self._image_shape = tuple(int(d) for d in input_shape[1:])
-        self._ends_in_softmax = _ends_in_softmax(model)
         images_spec = tf.TensorSpec((None,) + self._image_shape, tf.float32, name="images")
         batch1_spec = tf.TensorSpec((1,) + self._image_shape, tf.float32, name="images")
         self.serve = tf.function(self._serve, input_signature=[images_spec], autograph=False)

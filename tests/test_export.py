@@ -263,6 +263,59 @@ def test_later_stages_run_only_for_samples_left(base, space, digits, monkeypatch
     assert counts == [len(x)] * NUM_STAGES
 
 
+def _count_layers(model, cls):
+    return sum(type(layer) is cls for layer in model._flatten_layers())
+
+
+def test_fold_batchnorm_same_outputs_fewer_layers(net, base, digits):
+    x = digits.x_test[:16]
+    folded = export.fold_batchnorm(net)
+    assert _count_layers(net, keras.layers.BatchNormalization) > 0
+    assert _count_layers(folded, keras.layers.BatchNormalization) == 0
+    for a, b in zip(folded(x), net(x, training=False)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    # The stage split still holds on the folded copy; the original is untouched.
+    assert export.split_stages(folded).num_stages == NUM_STAGES
+    assert _count_layers(net, keras.layers.BatchNormalization) > 0
+    # The static model is nested (normalisation + core): folded through the nesting.
+    np.testing.assert_allclose(export.fold_batchnorm(base)(x), base(x), atol=1e-4)
+
+
+def test_fold_batchnorm_depthwise_and_what_it_leaves():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(inputs)
+    a = keras.layers.BatchNormalization(name="bn_dw")(a)
+    b = keras.layers.Conv2D(6, 1, name="pw")(a)  # read by the BN and by the Add: kept
+    c = keras.layers.BatchNormalization(name="bn_pw")(b)
+    d = keras.layers.Conv2D(6, 1, activation="relu", name="relu_conv")(c)  # activation: kept
+    e = keras.layers.BatchNormalization(name="bn_relu")(d)
+    out = keras.layers.Dense(4)(keras.layers.GlobalAveragePooling2D()(keras.layers.Add()([e, b])))
+    model = keras.Model(inputs, out)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shape = layer.moving_mean.shape
+            layer.moving_mean.assign(np.random.rand(*shape))
+            layer.moving_variance.assign(np.random.rand(*shape) + 0.5)
+            layer.gamma.assign(np.random.rand(*shape) + 0.5)
+            layer.beta.assign(np.random.rand(*shape))
+    folded = export.fold_batchnorm(model)
+    names = {layer.name for layer in folded.layers}
+    assert "bn_dw" not in names and {"bn_pw", "bn_relu", "dw", "pw"} <= names
+    assert folded.get_layer("dw").use_bias
+    x = np.random.rand(2, 8, 8, 3).astype("float32")
+    np.testing.assert_allclose(folded(x), model(x), atol=1e-5)
+
+
+def test_folded_static_export_has_fewer_ops(base):
+    def op_count(module):
+        graph = module.serve_batch1.get_concrete_function().graph
+        return len(graph.get_operations())
+
+    folded, unfolded = export.StaticModule(base), export.StaticModule(base, fold_bn=False)
+    assert op_count(folded) < 0.8 * op_count(unfolded)
+
+
 def test_single_stage_module(base, digits):
     net = s2d.transform(base, s2d.SearchSpace.from_model(base, num_stages=1).default_arch())
     module = export.DynamicModule(net, [])

@@ -1,0 +1,150 @@
+"""The benchmark (issue 6): its records and goals (s2dnas_tf.benchmark), and
+experiments/benchmark.py end to end on the built-in digits, resumed, and on bad flags."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from s2dnas_tf import benchmark
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def record(accuracy, flops, latency, curve=None):
+    curve = curve or [(accuracy, flops)]
+    return {
+        "accuracy": accuracy, "avg_flops": flops, "latency_ms": latency,
+        "curve": [{"accuracy": a, "avg_flops": f} for a, f in curve],
+        "exit_fractions": [1.0], "oracle": None, "search_seconds": None,
+        "search_best_reward": None,
+    }
+
+
+def test_best_accuracy_within_is_the_best_point_that_costs_no_more():
+    curve = [{"accuracy": 0.6, "avg_flops": 10}, {"accuracy": 0.7, "avg_flops": 20},
+             {"accuracy": 0.65, "avg_flops": 15}]
+    assert benchmark.best_accuracy_within(curve, 5) is None
+    assert benchmark.best_accuracy_within(curve, 15) == 0.65
+    assert benchmark.best_accuracy_within(curve, 100) == 0.7
+
+
+def test_goals_met_and_not_met():
+    methods = {
+        "static": record(0.80, 100, 2.0),
+        "thin_static": record(0.70, 25, 1.5),
+        "early_exit": record(0.74, 45, 1.8, [(0.6, 30), (0.74, 45)]),
+        "s2dnas_rl": record(0.797, 48, 1.1, [(0.72, 25), (0.78, 40), (0.797, 48)]),
+        "s2dnas_random": record(0.79, 49, 1.2, [(0.79, 49)]),
+    }
+    goals = {g["goal"]: g for g in benchmark.evaluate_goals(methods)}
+    assert all(g["met"] is True for g in goals.values()), goals
+    # 0.6 point below static, slower than 0.6x, worse than thin at its cost.
+    methods["s2dnas_rl"] = record(0.794, 48, 1.3, [(0.69, 25), (0.76, 40), (0.794, 48)])
+    goals = benchmark.evaluate_goals(methods)
+    met = [g["met"] for g in goals]
+    assert met == [False, False, True, False, True], goals
+    assert "-0.60 points" in goals[0]["detail"]
+    assert "1.300 ms vs 2.000 ms (0.65x)" in goals[1]["detail"]
+    # A method that was not run is "not measured", not a pass.
+    del methods["early_exit"]
+    goals = benchmark.evaluate_goals(methods)
+    assert [g["met"] for g in goals][2] is None
+
+
+def test_markdown_and_plot(tmp_path):
+    methods = {
+        "static": record(0.80, 100, 2.0),
+        "s2dnas_rl": {**record(0.79, 48, 1.1, [(0.7, 20), (0.79, 48)]),
+                      "exit_fractions": [0.5, 0.3, 0.2], "search_seconds": 12.0,
+                      "oracle": {"accuracy": 0.9, "avg_flops": 30}, "arch": "stage 1: ..."},
+    }
+    results = {"title": "t", "command": "python experiments/benchmark.py --x", "methods": methods,
+               "goals": benchmark.evaluate_goals(methods)}
+    md = benchmark.to_markdown(results)
+    assert "| s2dnas_rl | 0.7900 | -1.00 pt | 0.00 | 0.480 | 1.100 | 0.55 |" in md
+    assert "0.500, 0.300, 0.200" in md and "0.9000 @ 0.300" in md
+    assert "not measured" in md  # early_exit / thin / random were not run
+    path = str(tmp_path / "b.png")
+    benchmark.plot(results, path)
+    assert os.path.getsize(path) > 10_000
+
+
+def run_benchmark(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "benchmark.py"), *args],
+        capture_output=True, text=True, env=env, timeout=900, cwd=ROOT,
+    )
+
+
+DIGITS = [
+    "--dataset=digits", "--model=resnet8", "--base_epochs=2", "--base_learning_rate=0.05",
+    "--num_candidates=2", "--search_batch_size=2", "--candidate_steps=3", "--epochs=1",
+    "--learning_rate=0.02", "--batch_size=64", "--latency_warmup=2", "--verbose=0",
+    # The shipped CIFAR-10 checkpoint does not fit digits: the static model is trained here.
+    "--base_model=experiments/checkpoints/cifar10_resnet20.keras",
+]
+
+
+def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
+    out, results = tmp_path / "run", tmp_path / "results"
+    args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b"]
+    first = run_benchmark(*args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "static: training resnet8 here" in first.stdout
+    assert "was trained on" in first.stdout
+
+    data = json.loads((results / "b.json").read_text())
+    methods = data["methods"]
+    assert set(methods) == set(benchmark.METHODS)
+    static = methods["static"]
+    for name, m in methods.items():
+        assert 0.0 <= m["accuracy"] <= 1.0, name
+        assert m["latency_ms"] > 0 and m["avg_flops"] > 0, name
+        assert m["curve"] and all(set(p) == {"accuracy", "avg_flops"} for p in m["curve"])
+    assert methods["thin_static"]["avg_flops"] < 0.4 * static["avg_flops"]
+    for name in benchmark.DYNAMIC_METHODS:
+        m = methods[name]
+        assert len(m["exit_fractions"]) == 3 and abs(sum(m["exit_fractions"]) - 1) < 1e-6
+        # The exported SavedModel, timed on every test image, takes the report's exits.
+        np.testing.assert_allclose(m["exit_fractions_saved_model"], m["exit_fractions"],
+                                   atol=1e-9, err_msg=name)
+        assert m["avg_flops"] <= 0.5 * static["avg_flops"] * 1.05 or (
+            m["exit_fractions"][0] == 1.0), name
+    for name in ("s2dnas_rl", "s2dnas_random"):
+        assert methods[name]["search_evaluated"] == 2 and methods[name]["search_seconds"] > 0
+    assert len(data["goals"]) == 5 and "--results_name=b" in data["command"]
+    md = (results / "b.md").read_text()
+    assert "| thin_static |" in md and "## Goals" in md
+    assert (results / "b.png").stat().st_size > 10_000
+
+    # Started again: every step is done, nothing is retrained, the results are rewritten.
+    stamps = {p: os.path.getmtime(out / p) for p in (
+        "static/model.keras", "thin_static/model.keras", "early_exit/report.json",
+        "s2dnas_rl/report.json", "s2dnas_random/report.json")}
+    second = run_benchmark(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "thin_static: trained already" in second.stdout
+    assert "s2dnas_random: done already" in second.stdout
+    assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
+    assert json.loads((results / "b.json").read_text())["methods"] == methods
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--methods=static,nope"], "--methods accepts static, thin_static"),
+        (["--thin_width=1.5"], "--thin_width must be in (0, 1)"),
+        (["--num_stages=1"], "--num_stages must be >= 2"),
+        (["--data_dir=/nonexistent"], "--data_dir must be an existing folder"),
+    ],
+)
+def test_benchmark_bad_flags_exit_2(tmp_path, args, expected):
+    result = run_benchmark(f"--output_dir={tmp_path}", *args)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
