@@ -117,23 +117,18 @@ def attach_exits(model: keras.Model, num_stages: int | None = None) -> keras.Mod
     for node in graph.nodes:
         stage = stage_of_node[node.index]
         inputs = [values[k] for k in node.inputs]
-        args, kwargs = node.filled_arguments(inputs)
         layer = node.layer
         if out_key in node.outputs and is_softmax_layer(layer):
             values[out_key] = inputs[0]  # stages output logits: the softmax is dropped
             continue
+        clone = None  # a keras.ops call is replayed as is (no weights, no name of ours)
         if isinstance(layer, keras.layers.Layer):
-            config = layer.get_config()
-            config["name"] = f"stage{stage}_{node.name}"
-            if out_key in node.outputs and config.get("activation") == "softmax":
-                config["activation"] = "linear"
-            clone = type(layer).from_config(config)
-            outputs = clone(*args, **kwargs)
+            overrides = {}
+            if out_key in node.outputs and layer.get_config().get("activation") == "softmax":
+                overrides["activation"] = "linear"
+            clone = graph_lib.clone_layer(layer, f"stage{stage}_{node.name}", **overrides)
             copies.append((clone, layer))
-        else:  # a keras.ops call: replayed as is (no weights, no name of ours)
-            outputs = layer(*args, **kwargs)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        values.update(zip(node.outputs, outputs))
+        values.update(zip(node.outputs, graph_lib.replay(node, inputs, clone)))
     for clone, layer in copies:
         clone.set_weights(layer.get_weights())
 

@@ -96,6 +96,23 @@ class Graph:
         return [n for n in self.nodes if key in n.inputs]
 
 
+def clone_layer(layer: keras.layers.Layer, name: str, **config) -> keras.layers.Layer:
+    """A fresh, unbuilt copy of `layer` from its config, named `name`, with `config`'s
+    entries overriding the original's (weights are not copied)."""
+    cfg = layer.get_config()
+    cfg.update(config)
+    cfg["name"] = name
+    return type(layer).from_config(cfg)
+
+
+def replay(node: OpNode, inputs: list, operation: Any = None) -> list:
+    """Calls `operation` (default: the node's own layer or keras.ops call) the way `node`
+    was called, on new input tensors; always returns the list of outputs."""
+    args, kwargs = node.filled_arguments(inputs)
+    outputs = (operation or node.layer)(*args, **kwargs)
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
 def _as_functional(model: keras.Model) -> Functional:
     """Returns the functional graph behind `model`, refusing models that have none."""
     if not isinstance(model, keras.Model):

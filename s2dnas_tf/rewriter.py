@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from s2dnas_tf import analysis as analysis_lib
+from s2dnas_tf import graph as graph_lib
 from s2dnas_tf import flops as flops_lib
 from s2dnas_tf import rules as rules_lib
 from s2dnas_tf import space as space_lib
@@ -112,10 +113,7 @@ class _Builder:
         return [stage]
 
     def clone(self, layer, name: str, **config) -> keras.layers.Layer:
-        cfg = layer.get_config()
-        cfg.update(config)
-        cfg["name"] = name
-        return type(layer).from_config(cfg)
+        return graph_lib.clone_layer(layer, name, **config)
 
     def name(self, node, stage: int, suffix: str = "") -> str:
         return f"stage{stage}_{node.name}{suffix}"
