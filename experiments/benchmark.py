@@ -231,7 +231,7 @@ def _measure(method, base_path, splits, images, static_flops):
             tflite_stats = latency.time_tflite(tflite, images, FLAGS.latency_warmup)
         record = benchmark.static_record(
             accuracy=accuracy, flops=count_flops(model), latency=stats,
-            tflite_latency=tflite_stats,
+            tflite_latency=tflite_stats, train_seconds=_train_seconds(path),
         )
     else:
         with open(os.path.join(run_dir, "report.json")) as f:
@@ -255,6 +255,19 @@ def _measure(method, base_path, splits, images, static_flops):
     _say(f"{method}: accuracy {record['accuracy']:.4f}, {record['avg_flops'] / 1e6:.2f} MFLOPs, "
          f"SavedModel {record['latency_ms']:.3f} ms/image")
     return record
+
+
+def _train_seconds(model_path: str):
+    """Training wall time of a static model, from train_base.py's report or a
+    checkpoint's sidecar (None when neither says)."""
+    for candidate in (os.path.join(os.path.dirname(model_path), "base_report.json"),
+                      os.path.splitext(model_path)[0] + ".json"):
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                seconds = json.load(f).get("train_seconds")
+            if seconds is not None:
+                return float(seconds)
+    return None
 
 
 def _machine() -> str:

@@ -154,6 +154,10 @@ def evaluate_goals(
     return goals
 
 
+def _secs(value) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -223,6 +227,15 @@ def to_markdown(results: dict) -> str:
                     acc = best_accuracy_within(methods[n]["curve"], ratio * base_flops)
                     cells.append("-" if acc is None else f"{acc:.4f}")
             lines.append(f"| {ratio:.2f} | " + " | ".join(cells) + " |")
+    lines += ["", "## Wall time (seconds, 2-core CPU unless the machine line says otherwise)", "",
+              "| method | training | search | step total |", "| --- | --- | --- | --- |"]
+    for name in METHODS:
+        m = methods.get(name)
+        if m is not None:
+            lines.append(
+                f"| {name} | {_secs(m.get('train_seconds'))} | {_secs(m.get('search_seconds'))} "
+                f"| {_secs(m.get('step_seconds'))} |"
+            )
     for name in DYNAMIC_METHODS:
         m = methods.get(name)
         if m and m.get("arch"):
