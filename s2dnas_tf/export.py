@@ -306,23 +306,16 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
         if node.index in folded_bns:
             values[node.outputs[0]] = node_inputs[0]
             continue
-        args, kwargs = node.filled_arguments(node_inputs)
         layer = node.layer
+        clone = None  # a keras.ops call is replayed as is (no weights)
         if isinstance(layer, keras.layers.Layer):
-            config = layer.get_config()
-            config["name"] = node.name
             if node.index in folds:
-                config["use_bias"] = True
-            clone = type(layer).from_config(config)
-            outputs = clone(*args, **kwargs)
-            if node.index in folds:
+                clone = graph_lib.clone_layer(layer, node.name, use_bias=True)
                 copies.append((clone, _folded_weights(layer, folds[node.index].layer)))
             else:
+                clone = graph_lib.clone_layer(layer, node.name)
                 copies.append((clone, layer.get_weights()))
-        else:  # a keras.ops call: no weights, replayed as is
-            outputs = layer(*args, **kwargs)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-        values.update(zip(node.outputs, outputs))
+        values.update(zip(node.outputs, graph_lib.replay(node, node_inputs, clone)))
     for clone, weights in copies:
         clone.set_weights(weights)
     outputs = [values[k] for k in graph.outputs]
