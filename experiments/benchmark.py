@@ -9,6 +9,8 @@ Every method is trained on the same images and measured on the same test split:
                  the static model's recipe (train_base.py --width_multiplier);
   early_exit     exits after each resolution stage, trained with the backbone
                  (train_dynamic.py --early_exit), calibrated like S2DNAS;
+  s2dnas_default the S2DNAS space's default architecture without search, trained and
+                 calibrated like the searched ones (train_dynamic.py): what the search adds;
   s2dnas_rl      the full pipeline with the REINFORCE search (search.py --searcher=rl);
   s2dnas_random  the same with random search and the same number of candidates.
 Each step is a run of the project's own command in `--output_dir/<method>/`; then every
@@ -37,7 +39,8 @@ flags.DEFINE_boolean(
     "full_train_set", False, "Train on all training images (overrides --per_class_limit)."
 )
 flags.DEFINE_list(
-    "methods", ["static", "thin_static", "early_exit", "s2dnas_rl", "s2dnas_random"],
+    "methods",
+    ["static", "thin_static", "early_exit", "s2dnas_default", "s2dnas_rl", "s2dnas_random"],
     "Methods to run (static is always measured: the others are compared with it).",
 )
 flags.DEFINE_string(
@@ -176,12 +179,13 @@ def _train_steps(base_path: str, recipe: dict) -> None:
                 f"--epochs={recipe['epochs']}", f"--learning_rate={recipe['learning_rate']}",
                 f"--augment={str(recipe['augment']).lower()}", f"--output_dir={run_dir}",
             ])
-        elif method == "early_exit":
+        elif method in ("early_exit", "s2dnas_default"):
             if os.path.isfile(os.path.join(run_dir, "report.json")):
-                _say("early_exit: done already")
+                _say(f"{method}: done already")
                 continue
-            seconds = _run("early_exit", "train_dynamic.py", _data_args() + common_dynamic + [
-                "--early_exit", f"--output_dir={run_dir}",
+            extra = ["--early_exit"] if method == "early_exit" else []
+            seconds = _run(method, "train_dynamic.py", _data_args() + common_dynamic + extra + [
+                f"--output_dir={run_dir}",
             ])
         elif method in ("s2dnas_rl", "s2dnas_random"):
             if os.path.isfile(os.path.join(run_dir, "report.json")):
