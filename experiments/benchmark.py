@@ -40,8 +40,9 @@ flags.DEFINE_boolean(
 )
 flags.DEFINE_list(
     "methods",
-    ["static", "thin_static", "early_exit", "s2dnas_default", "s2dnas_rl", "s2dnas_random"],
-    "Methods to run (static is always measured: the others are compared with it).",
+    ["static", "thin_static", "early_exit", "s2dnas_rl", "s2dnas_random"],
+    "Methods to run (static is always measured: the others are compared with it); "
+    "s2dnas_default (the space's default architecture, no search) is not run unless listed.",
 )
 flags.DEFINE_string(
     "base_model", None,
@@ -58,6 +59,11 @@ flags.DEFINE_float("flops_budget", 0.5, "Average-FLOPs budget of the dynamic met
 flags.DEFINE_integer("num_candidates", 16, "Architectures each search evaluates.")
 flags.DEFINE_integer("search_batch_size", 4, "Architectures per controller update.")
 flags.DEFINE_integer("candidate_steps", 60, "Fine-tuning steps per candidate.")
+flags.DEFINE_float(
+    "max_first_stage_flops", None,
+    "The searches only consider architectures whose first stage costs at most this fraction "
+    "of the static FLOPs (search.py's flag of the same name); unset: no cap.",
+)
 flags.DEFINE_float("candidate_learning_rate", 0.01, "Learning rate of the candidates.")
 flags.DEFINE_integer("epochs", 10, "Training epochs of the chosen S2DNAS nets and of early_exit.")
 flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate of that training.")
@@ -84,6 +90,10 @@ flags.register_validator("flops_budget", lambda v: 0 < v <= 1, "--flops_budget m
 flags.register_validator(
     "latency_images", lambda v: v is None or v >= 1, "--latency_images must be >= 1."
 )
+flags.register_validator(
+    "max_first_stage_flops", lambda v: v is None or 0 < v <= 1,
+    "--max_first_stage_flops must be in (0, 1] (a fraction of the static model's FLOPs).",
+)
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -94,6 +104,30 @@ def _say(message: str) -> None:
 
 class StepFailed(RuntimeError):
     pass
+
+
+class SettingsChanged(ValueError):
+    pass
+
+
+def _check_step(method: str, run_dir: str, args: list[str]) -> None:
+    """Records the command-line arguments of a method's step in <run_dir>/benchmark_step.json,
+    and refuses to skip or resume a step that was started with other ones (a resumed run
+    with other epochs, budget, ... would mix two experiments)."""
+    path = os.path.join(run_dir, "benchmark_step.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            before = json.load(f).get("args")
+        if before != args:
+            changed = sorted(set(before or []) ^ set(args))
+            raise SettingsChanged(
+                f"{run_dir} holds a {method} run made with other settings (differing "
+                f"arguments: {' '.join(changed)}); use another --output_dir, or delete "
+                f"{run_dir} to redo it."
+            )
+        return
+    os.makedirs(run_dir, exist_ok=True)
+    cli_common.write_json(path, {"method": method, "args": args})
 
 
 def _run(step: str, script: str, args: list[str]) -> float:
@@ -171,34 +205,40 @@ def _train_steps(base_path: str, recipe: dict) -> None:
     for method in FLAGS.methods:
         run_dir = os.path.join(out, method)
         if method == "thin_static":
-            if os.path.isfile(os.path.join(run_dir, "model.keras")):
-                _say("thin_static: trained already")
-                continue
-            seconds = _run("thin_static", "train_base.py", _data_args() + [
+            args = _data_args() + [
                 f"--model={recipe['model']}", f"--width_multiplier={FLAGS.thin_width}",
                 f"--epochs={recipe['epochs']}", f"--learning_rate={recipe['learning_rate']}",
                 f"--augment={str(recipe['augment']).lower()}", f"--output_dir={run_dir}",
-            ])
+            ]
+            _check_step(method, run_dir, args)
+            if os.path.isfile(os.path.join(run_dir, "model.keras")):
+                _say("thin_static: trained already")
+                continue
+            seconds = _run("thin_static", "train_base.py", args)
         elif method in ("early_exit", "s2dnas_default"):
-            if os.path.isfile(os.path.join(run_dir, "report.json")):
-                _say(f"{method}: done already")
-                continue
             extra = ["--early_exit"] if method == "early_exit" else []
-            seconds = _run(method, "train_dynamic.py", _data_args() + common_dynamic + extra + [
-                f"--output_dir={run_dir}",
-            ])
-        elif method in ("s2dnas_rl", "s2dnas_random"):
+            args = _data_args() + common_dynamic + extra + [f"--output_dir={run_dir}"]
+            _check_step(method, run_dir, args)
             if os.path.isfile(os.path.join(run_dir, "report.json")):
                 _say(f"{method}: done already")
                 continue
-            seconds = _run(method, "search.py", _data_args() + common_dynamic + [
+            seconds = _run(method, "train_dynamic.py", args)
+        elif method in ("s2dnas_rl", "s2dnas_random"):
+            args = _data_args() + common_dynamic + [
                 f"--searcher={method.split('_')[1]}",
                 f"--num_candidates={FLAGS.num_candidates}",
                 f"--search_batch_size={FLAGS.search_batch_size}",
                 f"--candidate_steps={FLAGS.candidate_steps}",
                 f"--candidate_learning_rate={FLAGS.candidate_learning_rate}",
                 "--reward=budget", f"--output_dir={run_dir}",
-            ])
+            ]
+            if FLAGS.max_first_stage_flops is not None:
+                args.append(f"--max_first_stage_flops={FLAGS.max_first_stage_flops}")
+            _check_step(method, run_dir, args)
+            if os.path.isfile(os.path.join(run_dir, "report.json")):
+                _say(f"{method}: done already")
+                continue
+            seconds = _run(method, "search.py", args)
         else:
             continue
         _record_seconds(method, seconds)
@@ -336,6 +376,8 @@ def main(argv):
     static_flops = count_flops(keras.saving.load_model(base_path))
     try:
         _train_steps(base_path, recipe)
+    except SettingsChanged as e:
+        return cli_common.usage_error(str(e))
     except StepFailed as e:
         print(f"benchmark.py: {e}", file=sys.stderr)
         return 1
@@ -368,7 +410,9 @@ def main(argv):
                   f"weight {FLAGS.distill_weight} T {FLAGS.distill_temperature}, thresholds "
                   f"for {FLAGS.flops_budget:.0%} FLOPs on validation; searches: "
                   f"{FLAGS.num_candidates} candidates of {FLAGS.candidate_steps} steps, "
-                  f"{FLAGS.search_batch_size} per controller update"),
+                  f"{FLAGS.search_batch_size} per controller update"
+                  + (f", first stage <= {FLAGS.max_first_stage_flops:.0%} of the static FLOPs"
+                     if FLAGS.max_first_stage_flops is not None else "")),
         "static_flops": static_flops,
         "methods": methods,
     }

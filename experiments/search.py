@@ -34,6 +34,11 @@ flags.DEFINE_integer("search_batch_size", 4, "Architectures per controller updat
 flags.DEFINE_enum("reward", "budget", ["budget", "linear"], "Reward of a candidate (DESIGN §5).")
 flags.DEFINE_float("flops_budget", 0.5, "Average-FLOPs budget, a fraction of the static model's.")
 flags.DEFINE_float("flops_lambda", 0.5, "lambda of --reward=linear.")
+flags.DEFINE_float(
+    "max_first_stage_flops", None,
+    "Only search architectures whose first stage costs at most this fraction of the static "
+    "model's FLOPs (e.g. half of --flops_budget); unset: no cap.",
+)
 flags.DEFINE_integer("candidate_epochs", 1, "Fine-tuning epochs per candidate.")
 flags.DEFINE_integer("candidate_steps", None, "Cap on fine-tuning steps per candidate epoch.")
 flags.DEFINE_float("candidate_learning_rate", 0.01, "Learning rate of the candidates' fine-tune.")
@@ -63,6 +68,11 @@ flags.register_validator("num_candidates", lambda v: v >= 1, "--num_candidates m
 flags.register_validator("search_batch_size", lambda v: v >= 1, "--search_batch_size must be >= 1.")
 flags.register_validator("candidate_epochs", lambda v: v >= 1, "--candidate_epochs must be >= 1.")
 flags.register_validator("flops_lambda", lambda v: v >= 0, "--flops_lambda must be >= 0.")
+flags.register_validator(
+    "max_first_stage_flops",
+    lambda v: v is None or 0 < v <= 1,
+    "--max_first_stage_flops must be in (0, 1] (a fraction of the static model's FLOPs).",
+)
 flags.register_validator(
     "base_model",
     lambda v: v is None or os.path.isfile(v),
@@ -174,6 +184,17 @@ def main(argv):
         shutil.rmtree(scratch, ignore_errors=True)
         return result
 
+    admissible = None
+    if FLAGS.max_first_stage_flops is not None:
+        admissible = search.first_stage_flops_cap(base, FLAGS.max_first_stage_flops)
+        if not admissible(space.decode([0] * space.num_tokens)):  # the thinnest stage 1
+            return cli_common.usage_error(
+                f"--max_first_stage_flops={FLAGS.max_first_stage_flops}: even the space's "
+                "thinnest first stage costs more "
+                f"({min(admissible.ratios.values()):.3f} of the static FLOPs); raise it."
+            )
+        _say(f"searching only architectures whose first stage costs <= "
+             f"{FLAGS.max_first_stage_flops} of the static FLOPs")
     summary = search.run_search(
         space,
         evaluate,
@@ -185,6 +206,7 @@ def main(argv):
         ),
         out,
         log=_say,
+        admissible=admissible,
     )
     best = summary["best"]
     arch = space.decode(best["tokens"])
@@ -221,6 +243,7 @@ def main(argv):
                 "samples": summary["samples"],
                 "seconds": summary["seconds"],
                 "best_reward": best["reward"],
+                "max_first_stage_flops": FLAGS.max_first_stage_flops,
                 "seconds_per_candidate": summary["seconds"] / max(1, summary["evaluated"]),
             },
             log=_say,

@@ -11,6 +11,13 @@ The search stops after `num_candidates` *distinct* architectures have been evalu
 cached architecture is never paid for twice and does not count), or after
 `max_samples_factor * num_candidates` samples.
 
+Constraints: `run_search(..., admissible=...)` takes a predicate on architectures (e.g.
+`first_stage_flops_cap`). An inadmissible sample is never evaluated and never logged: the
+random searcher draws again, the controller is taught with `inadmissible_reward` for it (it
+learns to avoid the region) and samples again. Rejections are cheap (no training) and are
+not counted towards the sample limit; they have their own, `max_rejections_factor *
+num_candidates`.
+
 Resumption: every evaluation is appended to `search_log.jsonl` as soon as it is done, and the
 controller state is written (atomically) after every update. A run killed at any moment and
 started again restores the controller from its last update, samples the same batch again
@@ -115,7 +122,9 @@ class SearchConfig:
         batch_size: Architectures per controller update.
         seed: Seeds the controller / the random samples.
         max_samples_factor: Stop after this many samples per candidate (a converged
-            controller keeps re-sampling cached architectures).
+            controller keeps re-sampling cached architectures; a constraint rejects some).
+        inadmissible_reward: The controller's reward for a sample `admissible` rejects.
+        max_rejections_factor: Stop after this many rejected samples per candidate.
     """
 
     searcher: str = "rl"
@@ -123,6 +132,8 @@ class SearchConfig:
     batch_size: int = 4
     seed: int = 0
     max_samples_factor: int = 10
+    inadmissible_reward: float = 0.0
+    max_rejections_factor: int = 200
 
     def validate(self) -> None:
         if self.searcher not in SEARCHERS:
@@ -180,6 +191,7 @@ def run_search(
     output_dir: str,
     controller_config=None,
     log: Callable[[str], None] = print,
+    admissible: Callable[[Arch], bool] | None = None,
 ) -> dict:
     """Searches `space`, resuming from `output_dir` if a previous run stopped there.
 
@@ -191,9 +203,16 @@ def run_search(
         output_dir: Holds `search_log.jsonl` and `controller.json`.
         controller_config: `controller.ControllerConfig` for the RL searcher.
         log: Progress output (one line per candidate).
+        admissible: arch -> whether it may be evaluated (None: every arch may). See the
+            module docstring.
 
     Returns:
-        {"best": the best log record, "evaluated": int, "seconds": float, "samples": int}.
+        {"best": the best log record, "evaluated": int, "seconds": float, "samples": int,
+        "rejected": samples `admissible` refused in this call}.
+
+    Raises:
+        RuntimeError: If the sample limit is reached before any admissible architecture
+            was evaluated (the constraint excludes (almost) the whole space).
     """
     config.validate()
     os.makedirs(output_dir, exist_ok=True)
@@ -217,17 +236,37 @@ def run_search(
     if search_log.records:
         log(f"resuming: {len(search_log.records)} architectures already evaluated")
     max_samples = config.max_samples_factor * config.num_candidates
-    while len(search_log.records) < config.num_candidates and samples < max_samples:
+    max_rejected = config.max_rejections_factor * config.num_candidates
+    verdicts: dict[tuple, bool] = {}  # tokens -> admissible
+    rejected = 0
+    def more_samples():
+        return samples - rejected < max_samples and rejected < max_rejected
+
+    while len(search_log.records) < config.num_candidates and more_samples():
         batch = []
-        for _ in range(config.batch_size):
+        while len(batch) < config.batch_size and more_samples():
             if controller is not None:
                 tokens, _ = controller.sample(space.valid_choices)
             else:
                 tokens = space.sample(config.seed * 1_000_003 + samples).tokens
             samples += 1
-            batch.append(list(tokens))
+            tokens = list(tokens)
+            if (
+                admissible is not None
+                and tuple(tokens) not in search_log.cache
+                and tuple(tokens) not in verdicts
+            ):
+                verdicts[tuple(tokens)] = bool(admissible(space.decode(tokens)))
+            if not verdicts.get(tuple(tokens), True):
+                rejected += 1
+                if controller is None:
+                    continue  # random search: draw again
+            batch.append(tokens)
         rewards = []
         for tokens in batch:
+            if not verdicts.get(tuple(tokens), True):
+                rewards.append(config.inadmissible_reward)
+                continue
             record = search_log.cache.get(tuple(tokens))
             if record is None:
                 if len(search_log.records) >= config.num_candidates:
@@ -249,7 +288,7 @@ def run_search(
                     f"{record['seconds']:.0f} s  tokens {tokens}"
                 )
             rewards.append(record["reward"])
-        if controller is not None and len(rewards) == len(batch):
+        if controller is not None and batch and len(rewards) == len(batch):
             stats = controller.update(batch, rewards, space.valid_choices)
             tmp = state_path + ".tmp"
             with open(tmp, "w") as f:
@@ -259,10 +298,55 @@ def run_search(
                 f"[rl] update: mean reward {stats['mean_reward']:.4f}  baseline "
                 f"{stats['baseline']:.4f}  entropy {stats['entropy']:.3f}"
             )
+    if rejected:
+        log(f"[{config.searcher}] {rejected} of {samples} samples were inadmissible")
     best = search_log.best()
+    if best is None:
+        raise RuntimeError(
+            f"The search drew {samples} samples and none was admissible ({rejected} "
+            "rejected): the constraint leaves (almost) no architecture of this space. "
+            "Relax it."
+        )
     return {
         "best": best,
         "evaluated": len(search_log.records),
         "seconds": float(sum(r["seconds"] for r in search_log.records)),
         "samples": samples,
+        "rejected": rejected,
     }
+
+
+def first_stage_flops_cap(model, max_ratio: float) -> Callable[[Arch], bool]:
+    """A constraint for `run_search`: the first stage costs at most `max_ratio` of `model`.
+
+    At a tight budget the thresholds send most images out of stage 1; an arch whose stage 1
+    alone nearly fills the budget is a thin static model with extra exits, and a short
+    fine-tune (the reward's proxy) favours such archs because a wide stage 1 loses the
+    fewest inherited weights. Capping stage 1 (e.g. at half the budget) keeps the search
+    among genuinely multi-stage networks.
+
+    Args:
+        model: The static model the space was made from.
+        max_ratio: In (0, 1]: the cap, a fraction of `model`'s FLOPs.
+
+    Returns:
+        arch -> bool. Stage-1 FLOPs are measured on the transformed network (cached by
+        the stage-1 fractions, the only tokens they depend on).
+    """
+    if isinstance(max_ratio, bool) or not isinstance(max_ratio, (int, float)):
+        raise TypeError(f"max_ratio must be a number. Received: {type(max_ratio).__name__}")
+    if not 0 < max_ratio <= 1:
+        raise ValueError(f"max_ratio must be in (0, 1]. Received: {max_ratio!r}")
+    from s2dnas_tf import flops, rewriter
+
+    static = flops.count_flops(model)
+    cache: dict[tuple, float] = {}
+
+    def admissible(arch: Arch) -> bool:
+        key = tuple(arch.fraction(1, g) for g in range(arch.num_groups))
+        if key not in cache:
+            cache[key] = rewriter.stage_flops(rewriter.transform(model, arch))[0] / static
+        return cache[key] <= max_ratio
+
+    admissible.ratios = cache  # stage-1 FLOPs ratio per stage-1 fractions (for reports)
+    return admissible

@@ -94,7 +94,8 @@ DIGITS = [
 
 def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
-    args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b"]
+    args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b",
+                     f"--methods={','.join(benchmark.METHODS)}", "--max_first_stage_flops=0.5"]
     first = run_benchmark(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "static: training resnet8 here" in first.stdout
@@ -135,6 +136,12 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
     assert json.loads((results / "b.json").read_text())["methods"] == methods
 
+    # Started again with other settings: refused (exit 2), nothing is mixed or retrained.
+    changed = run_benchmark(*args, "--epochs=2")
+    assert changed.returncode == 2, changed.stderr[-3000:]
+    assert "made with other settings" in changed.stderr and "--epochs=2" in changed.stderr
+    assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
+
 
 @pytest.mark.parametrize(
     "args, expected",
@@ -142,6 +149,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
         (["--methods=static,nope"], "--methods accepts static, thin_static"),
         (["--thin_width=1.5"], "--thin_width must be in (0, 1)"),
         (["--num_stages=1"], "--num_stages must be >= 2"),
+        (["--max_first_stage_flops=0"], "--max_first_stage_flops must be in (0, 1]"),
         (["--data_dir=/nonexistent"], "--data_dir must be an existing folder"),
     ],
 )

@@ -151,6 +151,51 @@ def test_rl_beats_random_on_a_known_landscape(tmp_path, space):
     assert results["rl"][1] > results["random"][1], results
 
 
+@pytest.mark.parametrize("searcher", ["random", "rl"])
+def test_inadmissible_architectures_are_never_evaluated(tmp_path, space, searcher):
+    calls, seen = [], []
+
+    def admissible(arch):
+        seen.append(tuple(arch.tokens))
+        return arch.tokens[0] <= 2  # stage 1 sees at most 3/8 of the first group
+
+    config = search.SearchConfig(searcher=searcher, num_candidates=8, batch_size=4, seed=0)
+    summary = search.run_search(space, toy_evaluate(space, calls), config, str(tmp_path),
+                                log=lambda m: None, admissible=admissible)
+    assert summary["evaluated"] == 8 == len(calls)
+    assert all(tokens[0] <= 2 for tokens in calls)
+    # Uniform samples break the rule often; each rejection is counted, none evaluated.
+    assert summary["rejected"] > 0
+    assert any(tokens[0] > 2 for tokens in seen)
+    log = [json.loads(line) for line in (tmp_path / "search_log.jsonl").open()]
+    assert [tuple(r["tokens"]) for r in log] == calls
+
+
+def test_a_constraint_that_excludes_everything_is_an_error(tmp_path, space):
+    config = search.SearchConfig(searcher="random", num_candidates=3, max_samples_factor=2)
+    with pytest.raises(RuntimeError, match="none was admissible"):
+        search.run_search(space, toy_evaluate(space, []), config, str(tmp_path),
+                          log=lambda m: None, admissible=lambda arch: False)
+
+
+def test_first_stage_flops_cap(space):
+    model = build_model("resnet8", input_shape=(8, 8, 1))
+    arch = space.default_arch()
+    net = s2d.transform(model, arch)
+    ratio = s2d.stage_flops(net)[0] / s2d.count_flops(model)
+    assert 0 < ratio < 0.5
+    assert search.first_stage_flops_cap(model, ratio + 1e-9)(arch)
+    assert not search.first_stage_flops_cap(model, ratio * 0.99)(arch)
+    # Only stage 1's fractions matter: another stage-2 / concat choice, same verdict.
+    cap = search.first_stage_flops_cap(model, ratio + 1e-9)
+    other = space.decode(arch.tokens[: space.num_groups] + [7] * space.num_groups + [1, 2])
+    assert cap(other) and len(cap.ratios) == 1
+    with pytest.raises(ValueError, match=r"max_ratio must be in \(0, 1\]"):
+        search.first_stage_flops_cap(model, 0.0)
+    with pytest.raises(TypeError, match="max_ratio must be a number"):
+        search.first_stage_flops_cap(model, "0.25")
+
+
 def test_search_config_validation():
     with pytest.raises(ValueError, match="searcher must be one of"):
         search.SearchConfig(searcher="evolution").validate()
@@ -187,6 +232,8 @@ def test_latency_refuses_a_directory_without_a_run(tmp_path):
         (["--dataset=imagenet"], "dataset"),
         (["--base_model=/missing.keras"], "--base_model must be an existing .keras file"),
         (["--searcher=evolution"], "searcher"),
+        (["--max_first_stage_flops=0"], "--max_first_stage_flops must be in (0, 1]"),
+        (["--max_first_stage_flops=2"], "--max_first_stage_flops must be in (0, 1]"),
     ],
 )
 def test_search_flag_errors_exit_2(tmp_path, args, expected):
@@ -245,6 +292,34 @@ def test_search_killed_and_restarted_continues(tmp_path):
     # A finished run is not overwritten without --overwrite.
     again = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "--overwrite" in again.stderr
+
+
+def test_search_with_a_first_stage_cap(tmp_path):
+    """search.py --max_first_stage_flops: every evaluated architecture obeys the cap; a cap
+    below the thinnest first stage is refused up front (exit 2)."""
+    import keras
+
+    out = tmp_path / "capped"
+    command = [sys.executable, str(ROOT / "experiments" / "search.py"), f"--output_dir={out}",
+               "--max_first_stage_flops=0.3", "--stop_after_search", *SMALL]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "first stage costs <= 0.3" in result.stdout
+    base = keras.saving.load_model(out / "base" / "model.keras")
+    space = s2d.SearchSpace.from_model(base, num_stages=3)
+    static = s2d.count_flops(base)
+    records = [json.loads(l) for l in (out / "search_log.jsonl").read_text().splitlines()]
+    assert len(records) == 3
+    for record in records:
+        net = s2d.transform(base, space.decode(record["tokens"]))
+        assert s2d.stage_flops(net)[0] / static <= 0.3
+    too_low = subprocess.run(
+        [*command[:-len(SMALL)], *SMALL, f"--base_model={out / 'base' / 'model.keras'}",
+         f"--output_dir={tmp_path / 'refused'}", "--max_first_stage_flops=0.001"],
+        env=_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert too_low.returncode == 2
+    assert "even the space's thinnest first stage costs more" in too_low.stderr
 
 
 def test_quickstart_end_to_end(tmp_path):
