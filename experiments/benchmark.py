@@ -74,6 +74,11 @@ flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch of every t
 flags.DEFINE_integer("seed", 0, "Seed of the data split, training and search.")
 flags.DEFINE_integer("latency_images", None, "Time the first N test images (default: all).")
 flags.DEFINE_integer("latency_warmup", 20, "Untimed calls before timing.")
+flags.DEFINE_integer(
+    "latency_threads", 1,
+    "Threads of TensorFlow's op pools (SavedModels) and of the TFLite interpreter while "
+    "timing (1: single-stream latency, like a phone core).",
+)
 flags.DEFINE_boolean("tflite", True, "Also time the float TFLite models (needs ai-edge-litert).")
 flags.DEFINE_integer("verbose", 2, "Keras progress output of the trainings (0, 1, 2).")
 flags.DEFINE_string("output_dir", None, "Where the methods' runs go.")
@@ -84,6 +89,7 @@ for _name in ("base_epochs", "num_candidates", "search_batch_size", "candidate_s
               "epochs", "batch_size"):
     flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1.")
 flags.register_validator("latency_warmup", lambda v: v >= 0, "--latency_warmup must be >= 0.")
+flags.register_validator("latency_threads", lambda v: v >= 1, "--latency_threads must be >= 1.")
 flags.register_validator("num_stages", lambda v: v >= 2, "--num_stages must be >= 2.")
 flags.register_validator("thin_width", lambda v: 0 < v < 1, "--thin_width must be in (0, 1).")
 flags.register_validator("flops_budget", lambda v: 0 < v <= 1, "--flops_budget must be in (0, 1].")
@@ -255,7 +261,9 @@ def _measure(method, base_path, splits, images, static_flops):
     if os.path.isfile(cache):
         with open(cache) as f:
             cached = json.load(f)
-        if cached.get("num_images") == len(images):
+        if (cached.get("num_images"), cached.get("threads")) == (
+            len(images), FLAGS.latency_threads
+        ):
             return cached["record"]
     os.makedirs(run_dir, exist_ok=True)
     _say(f"{method}: measuring (test accuracy, FLOPs, batch-1 latency over {len(images)} "
@@ -272,7 +280,9 @@ def _measure(method, base_path, splits, images, static_flops):
         stats, _ = latency.time_saved_model(saved, images, FLAGS.latency_warmup)
         if FLAGS.tflite:
             tflite = export.convert_to_tflite(saved, os.path.join(run_dir, "model.tflite"))
-            tflite_stats = latency.time_tflite(tflite, images, FLAGS.latency_warmup)
+            tflite_stats = latency.time_tflite(
+                tflite, images, FLAGS.latency_warmup, FLAGS.latency_threads
+            )
         record = benchmark.static_record(
             accuracy=accuracy, flops=count_flops(model), latency=stats,
             tflite_latency=tflite_stats, train_seconds=_train_seconds(path),
@@ -286,7 +296,7 @@ def _measure(method, base_path, splits, images, static_flops):
         stats, exit_stages = latency.time_saved_model(saved, images, FLAGS.latency_warmup)
         if FLAGS.tflite:
             tflite_stats = latency.time_tflite(
-                report["export"]["tflite"], images, FLAGS.latency_warmup
+                report["export"]["tflite"], images, FLAGS.latency_warmup, FLAGS.latency_threads
             )
         record = benchmark.dynamic_record(
             report, latency=stats, exit_stages=exit_stages, tflite_latency=tflite_stats
@@ -295,7 +305,9 @@ def _measure(method, base_path, splits, images, static_flops):
     if os.path.exists(timings_path):
         with open(timings_path) as f:
             record["step_seconds"] = json.load(f).get(method)
-    cli_common.write_json(cache, {"num_images": len(images), "record": record})
+    cli_common.write_json(
+        cache, {"num_images": len(images), "threads": FLAGS.latency_threads, "record": record}
+    )
     _say(f"{method}: accuracy {record['accuracy']:.4f}, {record['avg_flops'] / 1e6:.2f} MFLOPs, "
          f"SavedModel {record['latency_ms']:.3f} ms/image")
     return record
@@ -339,6 +351,8 @@ def main(argv):
     os.makedirs(out, exist_ok=True)
     start = time.time()
     from s2dnas_tf import benchmark, count_flops, data, latency
+
+    latency.set_tf_threads(FLAGS.latency_threads)  # before TensorFlow's first op
 
     try:
         splits = data.load_dataset(data.DataConfig(
@@ -402,7 +416,8 @@ def main(argv):
         "data": (f"{len(splits.x_train)} training + {len(splits.x_val)} validation images "
                  f"({'all' if not _per_class_limit() else f'first {_per_class_limit()}'} per "
                  f"class, validation held out of them), {len(splits.x_test)} test images; "
-                 f"latency over {len(images)} test images"),
+                 f"latency over {len(images)} test images, batch 1, "
+                 f"{FLAGS.latency_threads} thread(s)"),
         "setup": (f"static: {recipe['model']} {recipe['epochs']} epochs lr "
                   f"{recipe['learning_rate']}; thin_static: width {FLAGS.thin_width}, same "
                   f"recipe; dynamic methods: {FLAGS.num_stages} stages/exits, {FLAGS.epochs} "

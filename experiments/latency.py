@@ -23,7 +23,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("run_dir", None, "A search.py / train_dynamic.py output directory.")
 flags.DEFINE_integer("num_images", None, "Time the first N test images (default: all).")
 flags.DEFINE_integer("warmup", 20, "Untimed calls first.")
-flags.DEFINE_integer("threads", 1, "TFLite interpreter threads (1: a phone-like single core).")
+flags.DEFINE_integer(
+    "threads", 1,
+    "Threads of both runtimes: TensorFlow's op pools for the SavedModels, the TFLite "
+    "interpreter's (1: a phone-like single core).",
+)
 flags.mark_flag_as_required("run_dir")
 flags.register_validator(
     "run_dir",
@@ -33,6 +37,7 @@ flags.register_validator(
 flags.register_validator(
     "num_images", lambda v: v is None or v >= 1, "--num_images must be >= 1."
 )
+flags.register_validator("threads", lambda v: v >= 1, "--threads must be >= 1.")
 
 
 def main(argv):
@@ -41,6 +46,7 @@ def main(argv):
 
     from s2dnas_tf import data, export, latency
 
+    latency.set_tf_threads(FLAGS.threads)
     run = FLAGS.run_dir
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)

@@ -75,6 +75,33 @@ def test_markdown_and_plot(tmp_path):
     assert os.path.getsize(path) > 10_000
 
 
+def test_set_tf_threads_checks_its_argument_and_the_moment():
+    import tensorflow as tf
+
+    from s2dnas_tf import latency
+
+    with pytest.raises(TypeError, match="threads must be an int"):
+        latency.set_tf_threads(1.5)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        latency.set_tf_threads(0)
+    tf.constant(1.0) + 1.0  # TensorFlow has started
+    current = tf.config.threading.get_intra_op_parallelism_threads()
+    with pytest.raises(RuntimeError, match="before TensorFlow runs any op"):
+        latency.set_tf_threads(current + 3)
+
+
+def test_set_tf_threads_in_a_fresh_process():
+    code = ("from s2dnas_tf import latency; import tensorflow as tf; latency.set_tf_threads(1); "
+            "tf.constant(1.0) + 1.0; "
+            "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+            "tf.config.threading.get_inter_op_parallelism_threads())")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["1", "1"]
+
+
 def run_benchmark(*args):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     return subprocess.run(
@@ -150,6 +177,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
         (["--thin_width=1.5"], "--thin_width must be in (0, 1)"),
         (["--num_stages=1"], "--num_stages must be >= 2"),
         (["--max_first_stage_flops=0"], "--max_first_stage_flops must be in (0, 1]"),
+        (["--latency_threads=0"], "--latency_threads must be >= 1"),
         (["--data_dir=/nonexistent"], "--data_dir must be an existing folder"),
     ],
 )
