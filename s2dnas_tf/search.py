@@ -208,7 +208,8 @@ def run_search(
 
     Returns:
         {"best": the best log record, "evaluated": int, "seconds": float, "samples": int,
-        "rejected": samples `admissible` refused in this call}.
+        "rejected": samples `admissible` refused; both counts cover the whole
+        search, a resumed one included}.
 
     Raises:
         RuntimeError: If the sample limit is reached before any admissible architecture
@@ -229,16 +230,19 @@ def run_search(
                 saved = json.load(f)
             controller.set_state(saved["controller"])
             samples = saved["samples"]
+            rejected = saved.get("rejected", 0)  # absent from states written before it was kept
         else:
-            samples = 0
+            samples = rejected = 0
     else:
-        samples = 0
+        # Random search redraws its (seeded) sequence from the start: logged architectures
+        # come from the cache, and the rejections are counted again on the way.
+        samples = rejected = 0
     if search_log.records:
         log(f"resuming: {len(search_log.records)} architectures already evaluated")
     max_samples = config.max_samples_factor * config.num_candidates
     max_rejected = config.max_rejections_factor * config.num_candidates
     verdicts: dict[tuple, bool] = {}  # tokens -> admissible
-    rejected = 0
+
     def more_samples():
         return samples - rejected < max_samples and rejected < max_rejected
 
@@ -292,7 +296,11 @@ def run_search(
             stats = controller.update(batch, rewards, space.valid_choices)
             tmp = state_path + ".tmp"
             with open(tmp, "w") as f:
-                json.dump({"controller": controller.get_state(), "samples": samples}, f)
+                json.dump(
+                    {"controller": controller.get_state(), "samples": samples,
+                     "rejected": rejected},
+                    f,
+                )
             os.replace(tmp, state_path)
             log(
                 f"[rl] update: mean reward {stats['mean_reward']:.4f}  baseline "

@@ -171,6 +171,41 @@ def test_inadmissible_architectures_are_never_evaluated(tmp_path, space, searche
     assert [tuple(r["tokens"]) for r in log] == calls
 
 
+def test_a_resumed_constrained_rl_search_keeps_its_rejection_count(tmp_path, space):
+    """The rejected samples are part of the saved state: a restart must not count them
+    against the sample limit (which only counts the admissible ones)."""
+    config = search.SearchConfig(
+        searcher="rl", num_candidates=4, batch_size=2, seed=0, max_samples_factor=2
+    )
+
+    def admissible(arch):
+        return arch.tokens[0] == 0  # 1 in 8 uniform samples
+
+    full_calls = []
+    full = search.run_search(space, toy_evaluate(space, full_calls), config,
+                             str(tmp_path / "full"), log=lambda m: None, admissible=admissible)
+    assert full["evaluated"] == 4 and full["rejected"] > full["samples"] // 2
+
+    calls = []
+    evaluate = toy_evaluate(space, calls)
+
+    def crashing(arch):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return evaluate(arch)
+
+    with pytest.raises(KeyboardInterrupt):
+        search.run_search(space, crashing, config, str(tmp_path / "cut"),
+                          log=lambda m: None, admissible=admissible)
+    saved = json.loads((tmp_path / "cut" / "controller.json").read_text())
+    assert saved["rejected"] > 0
+    resumed = search.run_search(space, evaluate, config, str(tmp_path / "cut"),
+                                log=lambda m: None, admissible=admissible)
+    assert resumed["evaluated"] == 4
+    assert calls == full_calls
+    assert (resumed["samples"], resumed["rejected"]) == (full["samples"], full["rejected"])
+
+
 def test_a_constraint_that_excludes_everything_is_an_error(tmp_path, space):
     config = search.SearchConfig(searcher="random", num_candidates=3, max_samples_factor=2)
     with pytest.raises(RuntimeError, match="none was admissible"):
