@@ -170,6 +170,7 @@ def main(argv):
             distill_weight=FLAGS.distill_weight,
             distill_temperature=FLAGS.distill_temperature,
             verbose=0,
+            ephemeral=True,  # used once for its reward: no in-fit validation, no checkpoints
         )
         net, _ = training.train(
             lambda: s2d.transform(base, arch),

@@ -268,3 +268,16 @@ def test_bn_momentum_is_applied_for_the_training(tmp_path, digits):
     assert bns and all(l.momentum == 0.5 for l in bns)
     with pytest.raises(ValueError, match="bn_momentum must be in"):
         training.TrainConfig(str(tmp_path), bn_momentum=1.0).validate()
+
+
+def test_ephemeral_training_writes_nothing_and_skips_validation(tmp_path, digits):
+    out = tmp_path / "candidate"
+    config = training.TrainConfig(
+        str(out), epochs=2, batch_size=64, augment=False, verbose=0, steps_per_epoch=5,
+        ephemeral=True,
+    )
+    model, history = training.train(small_model_fn(digits), digits, config)
+    assert not out.exists()  # no checkpoint, backup, logs or history.csv
+    assert len(history["loss"]) == 2
+    assert not [k for k in history if k.startswith("val_")]  # no in-fit validation
+    assert model.predict(digits.x_val[:4], verbose=0).shape == (4, digits.num_classes)
