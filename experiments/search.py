@@ -4,8 +4,10 @@
 
 Writes into --output_dir (DESIGN §10): config.json, search_log.jsonl (one line per evaluated
 architecture, appended as the search goes), arch.json, report.json, report.md, curve.png,
-multistage.keras, saved_model/<name>/1/ (the dynamic SavedModel) and model.tflite; plus base/ (when the base model is trained here), controller.json (the RL
-controller's state), candidates/ (scratch) and final/ (the final training's resume state).
+multistage.keras, saved_model/<name>/1/ (the dynamic SavedModel) and model.tflite; plus base/
+(when the base model is trained here), controller.json (the RL controller's state) and final/
+(the final training's resume state). A candidate's fine-tune writes nothing: a killed one is
+evaluated again from the start.
 
 Killed at any moment and started again with the same command, the run continues where it
 stopped: the base model and the final training resume from their last epoch, the search
@@ -160,9 +162,8 @@ def main(argv):
     )
 
     def evaluate(arch):
-        scratch = os.path.join(out, "candidates", "_".join(str(t) for t in arch.tokens))
         config = cli_common.train_config(
-            scratch,
+            os.path.join(out, "candidates"),  # unused: an ephemeral run writes nothing
             epochs=FLAGS.candidate_epochs,
             steps_per_epoch=FLAGS.candidate_steps,
             learning_rate=FLAGS.candidate_learning_rate,
@@ -182,7 +183,6 @@ def main(argv):
         result = search.compute_reward(
             val_probs, splits.y_val, s2d.stage_flops(net), static_flops, reward_config
         )
-        shutil.rmtree(scratch, ignore_errors=True)
         return result
 
     admissible = None
