@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -65,6 +66,13 @@ flags.DEFINE_float(
     "of the static FLOPs (search.py's flag of the same name); unset: no cap.",
 )
 flags.DEFINE_float("candidate_learning_rate", 0.01, "Learning rate of the candidates.")
+flags.DEFINE_boolean(
+    "parallel_searches", False,
+    "Run s2dnas_random's search (search.py --stop_after_search) in a second process while "
+    "s2dnas_rl's step runs. A candidate's fine-tune spends about half its time tracing and "
+    "building graphs on one core, so two searches side by side use both cores better; the "
+    "candidates and their rewards are the same (each search has its own seed and log).",
+)
 flags.DEFINE_integer("epochs", 10, "Training epochs of the chosen S2DNAS nets and of early_exit.")
 flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate of that training.")
 flags.DEFINE_integer("batch_size", 128, "Batch size of every training.")
@@ -208,6 +216,7 @@ def _train_steps(base_path: str, recipe: dict) -> None:
         f"--learning_rate={FLAGS.learning_rate}", f"--distill_weight={FLAGS.distill_weight}",
         f"--distill_temperature={FLAGS.distill_temperature}",
     ]
+    background = None  # (process, start time) of s2dnas_random's search run alongside
     for method in FLAGS.methods:
         run_dir = os.path.join(out, method)
         if method == "thin_static":
@@ -230,24 +239,70 @@ def _train_steps(base_path: str, recipe: dict) -> None:
                 continue
             seconds = _run(method, "train_dynamic.py", args)
         elif method in ("s2dnas_rl", "s2dnas_random"):
-            args = _data_args() + common_dynamic + [
-                f"--searcher={method.split('_')[1]}",
-                f"--num_candidates={FLAGS.num_candidates}",
-                f"--search_batch_size={FLAGS.search_batch_size}",
-                f"--candidate_steps={FLAGS.candidate_steps}",
-                f"--candidate_learning_rate={FLAGS.candidate_learning_rate}",
-                "--reward=budget", f"--output_dir={run_dir}",
-            ]
-            if FLAGS.max_first_stage_flops is not None:
-                args.append(f"--max_first_stage_flops={FLAGS.max_first_stage_flops}")
+            args = _search_args(method, common_dynamic)
             _check_step(method, run_dir, args)
             if os.path.isfile(os.path.join(run_dir, "report.json")):
                 _say(f"{method}: done already")
                 continue
-            seconds = _run(method, "search.py", args)
+            if method == "s2dnas_rl" and _search_alongside():
+                background = _start_random_search(common_dynamic)
+            try:
+                seconds = _run(method, "search.py", args)
+            except BaseException:  # a failed or killed step takes its companion with it
+                if background is not None:
+                    background[0].terminate()
+                    background[0].wait()
+                raise
+            if background is not None and method == "s2dnas_rl":
+                process, started = background
+                _say("s2dnas_random: waiting for its search (run alongside s2dnas_rl)")
+                code = process.wait()
+                _record_seconds("s2dnas_random", time.time() - started)
+                if code != 0:
+                    raise StepFailed(
+                        f"s2dnas_random's search (run alongside s2dnas_rl) failed (exit code "
+                        f"{code}); its output is above."
+                    )
         else:
             continue
         _record_seconds(method, seconds)
+
+
+def _search_args(method: str, common_dynamic: list[str]) -> list[str]:
+    run_dir = os.path.join(FLAGS.output_dir, method)
+    args = _data_args() + common_dynamic + [
+        f"--searcher={method.split('_')[1]}",
+        f"--num_candidates={FLAGS.num_candidates}",
+        f"--search_batch_size={FLAGS.search_batch_size}",
+        f"--candidate_steps={FLAGS.candidate_steps}",
+        f"--candidate_learning_rate={FLAGS.candidate_learning_rate}",
+        "--reward=budget", f"--output_dir={run_dir}",
+    ]
+    if FLAGS.max_first_stage_flops is not None:
+        args.append(f"--max_first_stage_flops={FLAGS.max_first_stage_flops}")
+    return args
+
+
+def _search_alongside() -> bool:
+    """Whether s2dnas_random's search should run alongside s2dnas_rl's step: asked for, both
+    methods requested, and random's search not finished yet."""
+    if not (FLAGS.parallel_searches and "s2dnas_random" in FLAGS.methods):
+        return False
+    run_dir = os.path.join(FLAGS.output_dir, "s2dnas_random")
+    return not any(os.path.isfile(os.path.join(run_dir, f)) for f in ("arch.json", "report.json"))
+
+
+def _start_random_search(common_dynamic: list[str]):
+    """Starts s2dnas_random's search (its step's own command plus --stop_after_search) in
+    the background; its later step finds the search done in its log and only trains."""
+    method = "s2dnas_random"
+    run_dir = os.path.join(FLAGS.output_dir, method)
+    args = _search_args(method, common_dynamic)
+    _check_step(method, run_dir, args)
+    command = [sys.executable, os.path.join(_HERE, "search.py")] + args + ["--stop_after_search"]
+    _say(f"{method} (its search, alongside s2dnas_rl): "
+         f"{' '.join(shlex.quote(c) for c in command[1:])}")
+    return subprocess.Popen(command), time.time()
 
 
 def _measure(method, base_path, splits, images, static_flops):
@@ -350,6 +405,9 @@ def main(argv):
     out = FLAGS.output_dir
     os.makedirs(out, exist_ok=True)
     start = time.time()
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the running step's processes are stopped too
+    # (subprocess.call kills its child when interrupted) instead of running on orphaned.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     from s2dnas_tf import benchmark, count_flops, data, latency
 
     latency.set_tf_threads(FLAGS.latency_threads)  # before TensorFlow's first op

@@ -122,11 +122,18 @@ DIGITS = [
 def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
     args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b",
-                     f"--methods={','.join(benchmark.METHODS)}", "--max_first_stage_flops=0.5"]
+                     f"--methods={','.join(benchmark.METHODS)}", "--max_first_stage_flops=0.5",
+                     "--parallel_searches"]
     first = run_benchmark(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "static: training resnet8 here" in first.stdout
     assert "was trained on" in first.stdout
+    # The random search ran alongside RL's step; random's own step then only trained.
+    assert "s2dnas_random (its search, alongside s2dnas_rl)" in first.stdout
+    assert "--stop_after_search" in first.stdout
+    assert "resuming: 2 architectures already evaluated" in first.stdout
+    step_seconds = json.loads((out / "step_seconds.json").read_text())
+    assert step_seconds["s2dnas_random"] > 0 and step_seconds["s2dnas_rl"] > 0
 
     data = json.loads((results / "b.json").read_text())
     methods = data["methods"]
