@@ -99,6 +99,11 @@ def main(argv):
             f"ratio of means {d['mean_ms'] / s['mean_ms']:.2f}",
             flush=True,
         )
+    for runtime in ("savedmodel", "tflite"):
+        by_exit = result[runtime]["dynamic"]["median_ms_by_exit"]
+        print(f"{runtime:10s} dynamic median by exit stage: " + ", ".join(
+            f"{s}: {'-' if m is None else f'{m:.3f} ms'}" for s, m in enumerate(by_exit, 1)
+        ), flush=True)
     print(
         f"exit fractions {', '.join(f'{f:.3f}' for f in result['exit_fractions'])}; "
         f"written to {run}/report.json",

@@ -39,6 +39,9 @@ def static_record(
         "latency_ms": float(latency["mean_ms"]),
         "latency_median_ms": float(latency["median_ms"]),
         "tflite_latency_ms": None if tflite_latency is None else float(tflite_latency["mean_ms"]),
+        "tflite_latency_median_ms": (
+            None if tflite_latency is None else float(tflite_latency["median_ms"])
+        ),
         "curve": [{"accuracy": float(accuracy), "avg_flops": float(flops)}],
         "exit_fractions": [1.0],
         "oracle": None,
@@ -63,6 +66,14 @@ def dynamic_record(
         "latency_ms": float(latency["mean_ms"]),
         "latency_median_ms": float(latency["median_ms"]),
         "tflite_latency_ms": None if tflite_latency is None else float(tflite_latency["mean_ms"]),
+        "tflite_latency_median_ms": (
+            None if tflite_latency is None else float(tflite_latency["median_ms"])
+        ),
+        # Median ms of the images that stopped at stage 1, 2, ...: the cost of each exit path.
+        "latency_by_exit_ms": latency.get("median_ms_by_exit"),
+        "tflite_latency_by_exit_ms": (
+            None if tflite_latency is None else tflite_latency.get("median_ms_by_exit")
+        ),
         "curve": [
             {"accuracy": float(p["accuracy"]), "avg_flops": float(p["avg_flops"])}
             for p in report["curve"]
@@ -179,6 +190,10 @@ def _secs(value) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
@@ -248,6 +263,23 @@ def to_markdown(results: dict) -> str:
                     acc = best_accuracy_within(methods[n]["curve"], ratio * base_flops)
                     cells.append("-" if acc is None else f"{acc:.4f}")
             lines.append(f"| {ratio:.2f} | " + " | ".join(cells) + " |")
+    by_exit = [n for n in DYNAMIC_METHODS if (methods.get(n) or {}).get("latency_by_exit_ms")]
+    if by_exit:
+        width = max(len(methods[n]["latency_by_exit_ms"]) for n in by_exit)
+        static_cell = "-" if not static else (
+            f"{_ms(static.get('latency_median_ms'))} / "
+            f"{_ms(static.get('tflite_latency_median_ms'))}"
+        )
+        lines += ["", "## Batch-1 latency by exit stage (median ms of the images that stopped "
+                  "there: SavedModel / TFLite)", "",
+                  "| method | " + " | ".join(f"exit {i}" for i in range(1, width + 1))
+                  + " | static |",
+                  "| --- |" + " --- |" * (width + 1)]
+        for n in by_exit:
+            saved = list(methods[n]["latency_by_exit_ms"]) + [None] * width
+            tflite = list(methods[n].get("tflite_latency_by_exit_ms") or []) + [None] * width
+            cells = [f"{_ms(saved[i])} / {_ms(tflite[i])}" for i in range(width)]
+            lines.append(f"| {n} | " + " | ".join(cells) + f" | {static_cell} |")
     lines += ["", "## Wall time (seconds, 2-core CPU unless the machine line says otherwise)", "",
               "| method | training | search | step total |", "| --- | --- | --- | --- |"]
     for name in METHODS:

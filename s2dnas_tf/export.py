@@ -8,9 +8,11 @@ functions apply the exit rule in TensorFlow control flow (`DynamicModule`):
    probability is >= tau_s (the rule of `calibration.exit_stages`); the last stage always
    answers;
 2. for s >= 2, a `tf.cond` on "is any sample left" runs nothing once every sample has
-   exited; otherwise it `tf.gather`s the remaining samples' cached inputs of stage s (images,
-   feature maps of stages < s), runs stage s on them alone and
-   `tf.tensor_scatter_nd_update`s its logits (and the feature maps later stages read) back.
+   exited; otherwise it `tf.gather`s the remaining samples' inputs of stage s (images,
+   feature maps of stages < s), runs stage s on them alone, and
+   `tf.tensor_scatter_nd_update`s its answers back. The conds are nested: stage s + 1's
+   cond is inside the branch that ran stage s, on the rows stage s ran on, so a branch not
+   taken produces no placeholder feature maps (it answers with what it has).
 
 `export_saved_model` writes it at `<export_dir>/<name>/<version>/` (TF Serving's layout). The
 SavedModel loads with TensorFlow alone and has three signatures, all returning `logits`
@@ -460,7 +462,7 @@ class DynamicModule(tf.Module):
     def _serve_batch1(self, images):
         images = _check_images(images, self._split.image_shape)
         thresholds = _check_thresholds(tf.convert_to_tensor(self.thresholds), self.num_stages)
-        return self._dynamic(images, thresholds, self._run_one)
+        return self._dynamic(images, thresholds, self._later_one)
 
     def _batched(self, images, thresholds):
         images = _check_images(images, self._split.image_shape)
@@ -474,81 +476,74 @@ class DynamicModule(tf.Module):
 
         return tf.cond(
             tf.shape(images)[0] > 0,
-            lambda: self._dynamic(images, thresholds, self._run_remaining),
+            lambda: self._dynamic(images, thresholds, self._later_remaining),
             empty,
         )
 
-    def _dynamic(self, images, thresholds, run_stage) -> dict[str, tf.Tensor]:
-        """Stage 1 on every image, then `run_stage` (a tf.cond) for each stage s >= 2."""
-        first, *later = self._split.stages
+    def _dynamic(self, images, thresholds, later) -> dict[str, tf.Tensor]:
+        """Stage 1 on every image, then `later` (nested tf.conds) for stages 2..S."""
+        first, *rest = self._split.stages
         outputs = _call_stage(first, [images])
         cache = dict(zip(first.output_keys[1:], outputs[1:]))
         cache[IMAGES_KEY] = images
         logits = tf.cast(outputs[0], tf.float32)
         exit_stage = tf.ones(tf.shape(images)[:1], tf.int32)
         done = _exits(logits, thresholds, 1, self.num_stages)
-        for stage in later:
-            state = run_stage(stage, cache, logits, exit_stage, done, thresholds)
-            logits, exit_stage, done = state[:3]
-            cache.update(zip(stage.output_keys[1:], state[3:]))
+        logits, exit_stage = later(tuple(rest), cache, logits, exit_stage, done, thresholds)
         return _named_outputs(logits, exit_stage)
 
-    def _run_remaining(self, stage, cache, logits, exit_stage, done, thresholds):
-        """Stage s on the samples not done yet; no work at all when none is left."""
-        remaining = tf.where(tf.logical_not(done))  # [M, 1] int64 batch indices
-        batch_size = tf.shape(logits, out_type=tf.int64)[:1]
+    # Stages 2..S are nested: stage s + 1's tf.cond sits inside the branch that ran stage s
+    # (a sample that exited before s never reaches s + 1). A branch that does not run
+    # returns the answers so far and nothing else: no zero-filled feature maps for stages
+    # that will not run, and no feature map is routed through a cond it does not need.
+
+    def _later_remaining(self, stages, cache, logits, exit_stage, done, thresholds):
+        """Stages `stages` on the rows not done yet; no work at all when none is left.
+
+        `cache` holds, for the current rows, the images and earlier stages' feature maps
+        the stages read. Returns (logits, exit_stage) of the current rows.
+        """
+        if not stages:
+            return logits, exit_stage
+        stage, rest = stages[0], stages[1:]
+        remaining = tf.where(tf.logical_not(done))  # [M, 1] row indices
+        needed = {k for later in stages for k in later.input_keys}
 
         def run():
-            inputs = [tf.gather_nd(cache[k], remaining) for k in stage.input_keys]
-            outputs = _call_stage(stage, inputs)
+            rows = {k: tf.gather_nd(v, remaining) for k, v in cache.items() if k in needed}
+            outputs = _call_stage(stage, [rows[k] for k in stage.input_keys])
+            rows.update(zip(stage.output_keys[1:], outputs[1:]))
             new_logits = tf.cast(outputs[0], tf.float32)
-            new_done = _exits(new_logits, thresholds, stage.stage, self.num_stages)
-            stage_ids = tf.fill(tf.shape(remaining)[:1], stage.stage)
-            result = [
+            new_logits, new_exits = self._later_remaining(
+                rest, rows, new_logits, tf.fill(tf.shape(remaining)[:1], stage.stage),
+                _exits(new_logits, thresholds, stage.stage, self.num_stages), thresholds,
+            )
+            return [
                 tf.tensor_scatter_nd_update(logits, remaining, new_logits),
-                tf.tensor_scatter_nd_update(exit_stage, remaining, stage_ids),
-                tf.tensor_scatter_nd_update(done, remaining, new_done),
-            ]
-            for value in outputs[1:]:
-                # Rows of samples that exited stay zero: no later stage reads them.
-                shape = tf.concat([batch_size, tf.shape(value, out_type=tf.int64)[1:]], 0)
-                result.append(tf.scatter_nd(remaining, value, shape))
-            return result
-
-        def skip():
-            return [logits, exit_stage, done] + [
-                tf.zeros(tf.concat([batch_size, shape], 0), dtype)
-                for shape, dtype in self._boundary_specs(stage)
+                tf.tensor_scatter_nd_update(exit_stage, remaining, new_exits),
             ]
 
-        return tf.cond(tf.size(remaining) > 0, run, skip)
+        return tf.cond(tf.size(remaining) > 0, run, lambda: [logits, exit_stage])
 
-    def _run_one(self, stage, cache, logits, exit_stage, done, thresholds):
-        """Stage s on a batch of one image, unless that image has exited."""
+    def _later_one(self, stages, cache, logits, exit_stage, done, thresholds):
+        """Stages `stages` on a batch of one image, unless that image has exited."""
+        if not stages:
+            return logits, exit_stage
+        stage, rest = stages[0], stages[1:]
 
         def run():
             outputs = _call_stage(stage, [cache[k] for k in stage.input_keys])
+            new_cache = dict(cache)
+            new_cache.update(zip(stage.output_keys[1:], outputs[1:]))
             new_logits = tf.cast(outputs[0], tf.float32)
-            return [
-                new_logits,
-                tf.fill(tf.shape(exit_stage), stage.stage),
-                _exits(new_logits, thresholds, stage.stage, self.num_stages),
-            ] + outputs[1:]
+            return list(self._later_one(
+                rest, new_cache, new_logits, tf.fill(tf.shape(exit_stage), stage.stage),
+                _exits(new_logits, thresholds, stage.stage, self.num_stages), thresholds,
+            ))
 
-        def skip():
-            return [logits, exit_stage, done] + [
-                tf.zeros(tf.concat([tf.constant([1], tf.int64), shape], 0), dtype)
-                for shape, dtype in self._boundary_specs(stage)
-            ]
-
-        return tf.cond(tf.reshape(tf.logical_not(done), []), run, skip)
-
-    def _boundary_specs(self, stage: StageModel) -> list[tuple[tf.Tensor, tf.DType]]:
-        """(per-sample shape as int64, dtype) of the stage's outputs after its logits."""
-        return [
-            (tf.constant([int(d) for d in t.shape[1:]], tf.int64), tf.as_dtype(t.dtype))
-            for t in stage.model.outputs[1:]
-        ]
+        return tf.cond(
+            tf.reshape(tf.logical_not(done), []), run, lambda: [logits, exit_stage]
+        )
 
 
 class StaticModule(tf.Module):

@@ -14,11 +14,11 @@ import numpy as np
 
 def time_calls(
     call: Callable[[np.ndarray], Any], images: Sequence[np.ndarray], warmup: int = 20
-) -> tuple[dict[str, float], list[Any]]:
+) -> tuple[dict[str, float], list[Any], np.ndarray]:
     """Calls `call` once per image (after `warmup` untimed calls on the first images).
 
     Returns:
-        ({"mean_ms", "median_ms", "p90_ms"}, the outputs in order).
+        ({"mean_ms", "median_ms", "p90_ms"}, the outputs in order, each call's ms).
     """
     if len(images) == 0:
         raise ValueError("Expected at least one image to time. Received: none")
@@ -36,7 +36,23 @@ def time_calls(
         "mean_ms": float(ms.mean()),
         "median_ms": float(np.median(ms)),
         "p90_ms": float(np.percentile(ms, 90)),
-    }, outputs
+    }, outputs, ms
+
+
+def median_ms_by_exit(ms: np.ndarray, exit_stages: np.ndarray) -> list[float | None]:
+    """The median time of the calls that exited at stage 1, 2, ..., max(exit_stages): what
+    an image costs when it stops there (None for a stage no image stopped at)."""
+    ms, exit_stages = np.asarray(ms), np.asarray(exit_stages)
+    if ms.shape != exit_stages.shape:
+        raise ValueError(
+            f"Expected one exit stage per timed call. Received: {ms.shape[0]} times and "
+            f"{exit_stages.shape[0]} exit stages"
+        )
+    last = int(exit_stages.max()) if len(exit_stages) else 0
+    return [
+        float(np.median(ms[exit_stages == s])) if np.any(exit_stages == s) else None
+        for s in range(1, last + 1)
+    ]
 
 
 def set_tf_threads(threads: int) -> None:
@@ -79,25 +95,31 @@ def time_saved_model(
     """Times the `serving_batch1` signature of an exported SavedModel (see `export`).
 
     Returns:
-        (timing stats, the exit stage of every image, int array).
+        (timing stats, with "median_ms_by_exit" (`median_ms_by_exit`), the exit stage of
+        every image, int array).
     """
     import tensorflow as tf
 
     from s2dnas_tf import export
 
     fn = tf.saved_model.load(path).signatures[export.SERVING_BATCH1]
-    stats, outs = time_calls(lambda x: fn(images=tf.constant(x)), images, warmup)
-    return stats, np.concatenate([o["exit_stage"].numpy() for o in outs])
+    stats, outs, ms = time_calls(lambda x: fn(images=tf.constant(x)), images, warmup)
+    exit_stages = np.concatenate([o["exit_stage"].numpy() for o in outs])
+    stats["median_ms_by_exit"] = median_ms_by_exit(ms, exit_stages)
+    return stats, exit_stages
 
 
 def time_tflite(
     path: str, images: Sequence[np.ndarray], warmup: int = 20, threads: int = 1
 ) -> dict[str, float]:
     """Times a .tflite file's serving_default signature with the LiteRT interpreter
-    (ai-edge-litert, the `dev` extra); raises ImportError without it."""
+    (ai-edge-litert, the `dev` extra); raises ImportError without it. The stats include
+    "median_ms_by_exit" (`median_ms_by_exit`)."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=path, num_threads=threads)
     runner = interpreter.get_signature_runner("serving_default")
-    stats, _ = time_calls(lambda x: runner(images=x), images, warmup)
+    stats, outs, ms = time_calls(lambda x: runner(images=x), images, warmup)
+    exit_stages = np.concatenate([np.asarray(o["exit_stage"]).reshape([-1]) for o in outs])
+    stats["median_ms_by_exit"] = median_ms_by_exit(ms, exit_stages)
     return stats

@@ -66,17 +66,31 @@ def test_markdown_and_plot(tmp_path):
         "static": record(0.80, 100, 2.0),
         "s2dnas_rl": {**record(0.79, 48, 1.1, [(0.7, 20), (0.79, 48)]),
                       "exit_fractions": [0.5, 0.3, 0.2], "search_seconds": 12.0,
-                      "oracle": {"accuracy": 0.9, "avg_flops": 30}, "arch": "stage 1: ..."},
+                      "oracle": {"accuracy": 0.9, "avg_flops": 30}, "arch": "stage 1: ...",
+                      "latency_by_exit_ms": [0.8, 1.5, None],
+                      "tflite_latency_by_exit_ms": [0.25, 0.6, 0.9]},
     }
+    methods["static"]["latency_median_ms"] = 1.9
     results = {"title": "t", "command": "python experiments/benchmark.py --x", "methods": methods,
                "goals": benchmark.evaluate_goals(methods)}
     md = benchmark.to_markdown(results)
     assert "| s2dnas_rl | 0.7900 | -1.00 pt | 0.00 | 0.480 | 1.100 | 0.55 |" in md
     assert "0.500, 0.300, 0.200" in md and "0.9000 @ 0.300" in md
+    assert "| s2dnas_rl | 0.800 / 0.250 | 1.500 / 0.600 | - / 0.900 | 1.900 / - |" in md
     assert "not measured" in md  # early_exit / thin / random were not run
     path = str(tmp_path / "b.png")
     benchmark.plot(results, path)
     assert os.path.getsize(path) > 10_000
+
+
+def test_median_ms_by_exit():
+    from s2dnas_tf import latency
+
+    ms = np.array([1.0, 3.0, 2.0, 10.0, 4.0])
+    stages = np.array([1, 1, 1, 3, 3])
+    assert latency.median_ms_by_exit(ms, stages) == [2.0, None, 7.0]
+    with pytest.raises(ValueError, match="one exit stage per timed call"):
+        latency.median_ms_by_exit(ms, stages[:3])
 
 
 def test_set_tf_threads_checks_its_argument_and_the_moment():
@@ -154,6 +168,11 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
         # The exported SavedModel, timed on every test image, takes the report's exits.
         np.testing.assert_allclose(m["exit_fractions_saved_model"], m["exit_fractions"],
                                    atol=1e-9, err_msg=name)
+        # Each exit path timed: a median for every stage some image stopped at.
+        for key in ("latency_by_exit_ms", "tflite_latency_by_exit_ms"):
+            reached = [f > 0 for f in m["exit_fractions"]]
+            by_exit = m[key] + [None] * (3 - len(m[key]))
+            assert [v is not None and v > 0 for v in by_exit] == reached, (name, key, by_exit)
         assert m["avg_flops"] <= 0.5 * static["avg_flops"] * 1.05 or (
             m["exit_fractions"][0] == 1.0), name
     for name in ("s2dnas_rl", "s2dnas_random"):

@@ -398,6 +398,11 @@ def test_quickstart_end_to_end(tmp_path):
             assert latency[runtime][kind]["mean_ms"] > 0
     assert sum(latency["exit_fractions"]) == pytest.approx(1.0)
     assert len(latency["exit_fractions"]) == 3
+    for runtime in ("savedmodel", "tflite"):  # a median for each stage an image stopped at
+        by_exit = latency[runtime]["dynamic"]["median_ms_by_exit"]
+        assert [m is not None for m in by_exit] == [f > 0 for f in latency["exit_fractions"]][
+            : len(by_exit)]
+    assert "dynamic median by exit stage" in timed.stdout
     # export/export_run.py: SavedModel + float and int8 TFLite, with the int8 cost stated.
     exported = tmp_path / "served"
     args = [sys.executable, str(ROOT / "export" / "export_run.py"), f"--run_dir={out}",
