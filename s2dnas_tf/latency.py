@@ -39,9 +39,14 @@ def time_calls(
     }, outputs, ms
 
 
-def median_ms_by_exit(ms: np.ndarray, exit_stages: np.ndarray) -> list[float | None]:
-    """The median time of the calls that exited at stage 1, 2, ..., max(exit_stages): what
-    an image costs when it stops there (None for a stage no image stopped at)."""
+def by_exit(ms: np.ndarray, exit_stages: np.ndarray) -> dict[str, list[float | None]]:
+    """What an image costs when it stops at stage 1, 2, ..., max(exit_stages).
+
+    Returns:
+        {"mean_ms_by_exit": [...], "median_ms_by_exit": [...]}: the mean and median time
+        of the calls that exited at each stage (None for a stage no image stopped at).
+        Weighted by the exit fractions, the means give back the overall mean.
+    """
     ms, exit_stages = np.asarray(ms), np.asarray(exit_stages)
     if ms.shape != exit_stages.shape:
         raise ValueError(
@@ -49,10 +54,25 @@ def median_ms_by_exit(ms: np.ndarray, exit_stages: np.ndarray) -> list[float | N
             f"{exit_stages.shape[0]} exit stages"
         )
     last = int(exit_stages.max()) if len(exit_stages) else 0
-    return [
-        float(np.median(ms[exit_stages == s])) if np.any(exit_stages == s) else None
-        for s in range(1, last + 1)
-    ]
+    at = [exit_stages == s for s in range(1, last + 1)]
+    return {
+        "mean_ms_by_exit": [float(ms[m].mean()) if m.any() else None for m in at],
+        "median_ms_by_exit": [float(np.median(ms[m])) if m.any() else None for m in at],
+    }
+
+
+def estimated_ms(exit_fractions: Sequence[float], ms_by_exit: Sequence[float | None]):
+    """The mean time per image of an exit policy: sum_s fraction_s * (mean time of an
+    image that stops at s). None if the policy sends images to a stage whose time is
+    unknown (no timed image stopped there)."""
+    total = 0.0
+    for s, fraction in enumerate(exit_fractions):
+        if fraction <= 0:
+            continue
+        if s >= len(ms_by_exit) or ms_by_exit[s] is None:
+            return None
+        total += fraction * ms_by_exit[s]
+    return total
 
 
 def set_tf_threads(threads: int) -> None:
@@ -95,8 +115,8 @@ def time_saved_model(
     """Times the `serving_batch1` signature of an exported SavedModel (see `export`).
 
     Returns:
-        (timing stats, with "median_ms_by_exit" (`median_ms_by_exit`), the exit stage of
-        every image, int array).
+        (timing stats, with each exit path's mean and median (`by_exit`), the exit stage
+        of every image, int array).
     """
     import tensorflow as tf
 
@@ -105,7 +125,7 @@ def time_saved_model(
     fn = tf.saved_model.load(path).signatures[export.SERVING_BATCH1]
     stats, outs, ms = time_calls(lambda x: fn(images=tf.constant(x)), images, warmup)
     exit_stages = np.concatenate([o["exit_stage"].numpy() for o in outs])
-    stats["median_ms_by_exit"] = median_ms_by_exit(ms, exit_stages)
+    stats.update(by_exit(ms, exit_stages))
     return stats, exit_stages
 
 
@@ -114,12 +134,12 @@ def time_tflite(
 ) -> dict[str, float]:
     """Times a .tflite file's serving_default signature with the LiteRT interpreter
     (ai-edge-litert, the `dev` extra); raises ImportError without it. The stats include
-    "median_ms_by_exit" (`median_ms_by_exit`)."""
+    each exit path's mean and median (`by_exit`)."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_path=path, num_threads=threads)
     runner = interpreter.get_signature_runner("serving_default")
     stats, outs, ms = time_calls(lambda x: runner(images=x), images, warmup)
     exit_stages = np.concatenate([np.asarray(o["exit_stage"]).reshape([-1]) for o in outs])
-    stats["median_ms_by_exit"] = median_ms_by_exit(ms, exit_stages)
+    stats.update(by_exit(ms, exit_stages))
     return stats

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from s2dnas_tf import benchmark
+from s2dnas_tf import benchmark, latency
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -68,29 +68,44 @@ def test_markdown_and_plot(tmp_path):
                       "exit_fractions": [0.5, 0.3, 0.2], "search_seconds": 12.0,
                       "oracle": {"accuracy": 0.9, "avg_flops": 30}, "arch": "stage 1: ...",
                       "latency_by_exit_ms": [0.8, 1.5, None],
-                      "tflite_latency_by_exit_ms": [0.25, 0.6, 0.9]},
+                      "tflite_latency_by_exit_ms": [0.25, 0.6, 0.9],
+                      "latency_curve": [
+                          {"accuracy": 0.7, "latency_ms": 0.8, "tflite_latency_ms": 0.25},
+                          {"accuracy": 0.79, "latency_ms": 1.1, "tflite_latency_ms": 0.4}]},
     }
-    methods["static"]["latency_median_ms"] = 1.9
+    methods["static"]["tflite_latency_ms"] = 1.0
     results = {"title": "t", "command": "python experiments/benchmark.py --x", "methods": methods,
                "goals": benchmark.evaluate_goals(methods)}
     md = benchmark.to_markdown(results)
     assert "| s2dnas_rl | 0.7900 | -1.00 pt | 0.00 | 0.480 | 1.100 | 0.55 |" in md
     assert "0.500, 0.300, 0.200" in md and "0.9000 @ 0.300" in md
-    assert "| s2dnas_rl | 0.800 / 0.250 | 1.500 / 0.600 | - / 0.900 | 1.900 / - |" in md
+    assert "| s2dnas_rl | 0.800 / 0.250 | 1.500 / 0.600 | - / 0.900 | 2.000 / 1.000 |" in md
+    # Within 0.6x static (1.2 ms SavedModel, 0.6 ms TFLite): the 0.79 point fits both.
+    assert "| s2dnas_rl | 0.7900 | 0.7900 |" in md
+    assert "SavedModel 0.7900, TFLite 0.7900 (static 0.8000)" in md
     assert "not measured" in md  # early_exit / thin / random were not run
     path = str(tmp_path / "b.png")
     benchmark.plot(results, path)
     assert os.path.getsize(path) > 10_000
 
 
-def test_median_ms_by_exit():
-    from s2dnas_tf import latency
-
+def test_time_by_exit_and_estimated_time():
     ms = np.array([1.0, 3.0, 2.0, 10.0, 4.0])
     stages = np.array([1, 1, 1, 3, 3])
-    assert latency.median_ms_by_exit(ms, stages) == [2.0, None, 7.0]
+    paths = latency.by_exit(ms, stages)
+    assert paths == {"mean_ms_by_exit": [2.0, None, 7.0], "median_ms_by_exit": [2.0, None, 7.0]}
+    # Weighted by the exit fractions the paths' means give back the overall mean.
+    assert latency.estimated_ms([0.6, 0.0, 0.4], paths["mean_ms_by_exit"]) == pytest.approx(
+        ms.mean())
+    assert latency.estimated_ms([0.5, 0.1, 0.4], paths["mean_ms_by_exit"]) is None
     with pytest.raises(ValueError, match="one exit stage per timed call"):
-        latency.median_ms_by_exit(ms, stages[:3])
+        latency.by_exit(ms, stages[:3])
+    curve = [{"accuracy": 0.7, "latency_ms": 1.0, "tflite_latency_ms": 0.3},
+             {"accuracy": 0.8, "latency_ms": 1.5, "tflite_latency_ms": None}]
+    assert benchmark.best_accuracy_within_latency(curve, 1.2) == 0.7
+    assert benchmark.best_accuracy_within_latency(curve, 2.0) == 0.8
+    assert benchmark.best_accuracy_within_latency(curve, 0.9) is None
+    assert benchmark.best_accuracy_within_latency(curve, 9.0, "tflite_latency_ms") == 0.7
 
 
 def test_set_tf_threads_checks_its_argument_and_the_moment():
@@ -173,6 +188,11 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
             reached = [f > 0 for f in m["exit_fractions"]]
             by_exit = m[key] + [None] * (3 - len(m[key]))
             assert [v is not None and v > 0 for v in by_exit] == reached, (name, key, by_exit)
+        # The paths' mean times, weighted by the measured exits, give back the mean time.
+        assert latency.estimated_ms(m["exit_fractions_saved_model"], m["latency_by_exit_ms"]) \
+            == pytest.approx(m["latency_ms"], rel=1e-6)
+        assert len(m["latency_curve"]) == len(m["curve"]) and all(
+            p["latency_ms"] > 0 for p in m["latency_curve"] if p["latency_ms"] is not None)
         assert m["avg_flops"] <= 0.5 * static["avg_flops"] * 1.05 or (
             m["exit_fractions"][0] == 1.0), name
     for name in ("s2dnas_rl", "s2dnas_random"):
