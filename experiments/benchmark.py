@@ -18,7 +18,8 @@ Every method is trained on the same images and measured on the same test split:
   s2dnas_rl      the full pipeline with the REINFORCE search (search.py --searcher=rl);
   s2dnas_random  the same with random search and the same number of candidates.
 Each step is a run of the project's own command in `--output_dir/<method>/`; then every
-method's SavedModel is timed at batch 1 over the test images (`s2dnas_tf.latency`).
+method's SavedModel (and TFLite model) is timed at batch 1 over the test images, all of them
+in turns so that the machine's drift falls on all alike (`s2dnas_tf.latency.time_models`).
 Writes `<results_dir>/<results_name>.{json,md,png}` and prints the table.
 
 Resumable: killed and started again with the same command, finished steps are skipped and a
@@ -325,67 +326,87 @@ def _start_random_search(common_dynamic: list[str]):
     return subprocess.Popen(command), time.time()
 
 
-def _measure(method, base_path, splits, images, static_flops):
-    """The method's record (cached in <output_dir>/<method>/benchmark.json)."""
+def _measure_all(names, base_path, splits, images, static_flops):
+    """Every method's record. The exported models are timed together, in turns
+    (`latency.time_models`), so that the machine's drift falls on all of them alike; the
+    records are cached in <output_dir>/measurements.json for the same methods, images and
+    threads (delete it to measure again)."""
     import keras
 
     from s2dnas_tf import benchmark, count_flops, export, latency, training
 
-    run_dir = os.path.join(FLAGS.output_dir, method)
-    cache = os.path.join(run_dir, "benchmark.json")
+    cache = os.path.join(FLAGS.output_dir, "measurements.json")
+    key = {"methods": list(names), "num_images": len(images),
+           "threads": FLAGS.latency_threads, "tflite": FLAGS.tflite}
     if os.path.isfile(cache):
         with open(cache) as f:
             cached = json.load(f)
-        if (cached.get("num_images"), cached.get("threads")) == (
-            len(images), FLAGS.latency_threads
-        ):
-            return cached["record"]
-    os.makedirs(run_dir, exist_ok=True)
-    _say(f"{method}: measuring (test accuracy, FLOPs, batch-1 latency over {len(images)} "
-         "test images) ...")
-    tflite_stats = None
-    if method in ("static", "thin_static"):
-        path = base_path if method == "static" else os.path.join(run_dir, "model.keras")
-        model = keras.saving.load_model(path)
-        probs = training.predict_stage_probabilities(model, splits.x_test)[0]
-        accuracy = float((probs.argmax(-1) == splits.y_test).mean())
-        saved = export.export_static(
-            model, os.path.join(run_dir, "saved_model"), model.name, overwrite=True
-        )
-        stats, _ = latency.time_saved_model(saved, images, FLAGS.latency_warmup)
-        if FLAGS.tflite:
-            tflite = export.convert_to_tflite(saved, os.path.join(run_dir, "model.tflite"))
-            tflite_stats = latency.time_tflite(
-                tflite, images, FLAGS.latency_warmup, FLAGS.latency_threads
+        if cached.get("key") == key:
+            _say(f"measurements: {cache} (same methods, images and threads)")
+            return cached["records"]
+    prepared, models = {}, {}
+    for method in names:
+        run_dir = os.path.join(FLAGS.output_dir, method)
+        os.makedirs(run_dir, exist_ok=True)
+        if method in ("static", "thin_static"):
+            path = base_path if method == "static" else os.path.join(run_dir, "model.keras")
+            model = keras.saving.load_model(path)
+            probs = training.predict_stage_probabilities(model, splits.x_test)[0]
+            saved = export.export_static(
+                model, os.path.join(run_dir, "saved_model"), model.name, overwrite=True
             )
-        record = benchmark.static_record(
-            accuracy=accuracy, flops=count_flops(model), latency=stats,
-            tflite_latency=tflite_stats, train_seconds=_train_seconds(path),
-        )
-    else:
-        with open(os.path.join(run_dir, "report.json")) as f:
-            report = json.load(f)
-        if report["static"]["flops"] != static_flops:
-            raise StepFailed(f"{run_dir} was built from another static model")
-        saved = report["export"]["saved_model"]
-        stats, exit_stages = latency.time_saved_model(saved, images, FLAGS.latency_warmup)
-        if FLAGS.tflite:
-            tflite_stats = latency.time_tflite(
-                report["export"]["tflite"], images, FLAGS.latency_warmup, FLAGS.latency_threads
-            )
-        record = benchmark.dynamic_record(
-            report, latency=stats, exit_stages=exit_stages, tflite_latency=tflite_stats
-        )
-    timings_path = _timings_path()
-    if os.path.exists(timings_path):
-        with open(timings_path) as f:
-            record["step_seconds"] = json.load(f).get(method)
-    cli_common.write_json(
-        cache, {"num_images": len(images), "threads": FLAGS.latency_threads, "record": record}
+            tflite = export.convert_to_tflite(saved, os.path.join(run_dir, "model.tflite")) if (
+                FLAGS.tflite) else None
+            prepared[method] = {
+                "accuracy": float((probs.argmax(-1) == splits.y_test).mean()),
+                "flops": count_flops(model), "train_seconds": _train_seconds(path),
+            }
+        else:
+            with open(os.path.join(run_dir, "report.json")) as f:
+                report = json.load(f)
+            if report["static"]["flops"] != static_flops:
+                raise StepFailed(f"{run_dir} was built from another static model")
+            saved = report["export"]["saved_model"]
+            tflite = report["export"]["tflite"] if FLAGS.tflite else None
+            prepared[method] = {"report": report}
+        models[(method, latency.SAVED_MODEL)] = (latency.SAVED_MODEL, saved)
+        if tflite:
+            models[(method, latency.TFLITE)] = (latency.TFLITE, tflite)
+    _say(f"measuring: {len(models)} exported models of {', '.join(names)}, batch 1, one "
+         f"image at a time over {len(images)} test images, in turns ...")
+    timed = latency.time_models(
+        models, images, FLAGS.latency_warmup, FLAGS.latency_threads
     )
-    _say(f"{method}: accuracy {record['accuracy']:.4f}, {record['avg_flops'] / 1e6:.2f} MFLOPs, "
-         f"SavedModel {record['latency_ms']:.3f} ms/image")
-    return record
+    timings = {}
+    if os.path.exists(_timings_path()):
+        with open(_timings_path()) as f:
+            timings = json.load(f)
+    records = {}
+    for method in names:
+        stats = timed[(method, latency.SAVED_MODEL)]
+        exit_stages = stats.pop("exit_stages")
+        tflite_stats = timed.get((method, latency.TFLITE))
+        if tflite_stats is not None:
+            tflite_stats.pop("exit_stages")
+        info = prepared[method]
+        if "report" in info:
+            record = benchmark.dynamic_record(
+                info["report"], latency=stats, exit_stages=exit_stages,
+                tflite_latency=tflite_stats,
+            )
+        else:
+            record = benchmark.static_record(
+                accuracy=info["accuracy"], flops=info["flops"], latency=stats,
+                tflite_latency=tflite_stats, train_seconds=info["train_seconds"],
+            )
+        record["step_seconds"] = timings.get(method)
+        records[method] = record
+        _say(f"{method}: accuracy {record['accuracy']:.4f}, "
+             f"{record['avg_flops'] / 1e6:.2f} MFLOPs, SavedModel {record['latency_ms']:.3f} "
+             f"ms/image" + ("" if record.get("tflite_latency_ms") is None
+                            else f", TFLite {record['tflite_latency_ms']:.3f} ms/image"))
+    cli_common.write_json(cache, {"key": key, "records": records})
+    return records
 
 
 def _train_seconds(model_path: str):
@@ -474,16 +495,15 @@ def main(argv):
         print(f"benchmark.py: {e}", file=sys.stderr)
         return 1
 
-    # Every model timed the same way, one after the other, on the same images.
+    # Every model timed the same way, on the same images, all of them in turns.
     x = splits.x_test[: FLAGS.latency_images] if FLAGS.latency_images else splits.x_test
     images = latency.batch1_images(x)
-    methods = {}
-    for method in ["static"] + [m for m in _methods() if m in FLAGS.methods and m != "static"]:
-        try:
-            methods[method] = _measure(method, base_path, splits, images, static_flops)
-        except StepFailed as e:
-            print(f"benchmark.py: {e}", file=sys.stderr)
-            return 1
+    names = ["static"] + [m for m in _methods() if m in FLAGS.methods and m != "static"]
+    try:
+        methods = _measure_all(names, base_path, splits, images, static_flops)
+    except StepFailed as e:
+        print(f"benchmark.py: {e}", file=sys.stderr)
+        return 1
 
     results = {
         "title": f"{recipe['model']} on {splits.name} ({FLAGS.data_dir or FLAGS.dataset})",

@@ -5,10 +5,12 @@
 Reads the run's `config.json` (its data flags), `saved_model/<name>/<version>/`,
 `model.tflite` and the static base model; exports the static model the same way
 (`static/saved_model/...`, `static/model.tflite`) so both are timed through the same
-interface; then times one image at a time over the test split (after a warm-up) and writes,
-into the run's report.json under "latency" (and prints):
-`{"savedmodel" | "tflite": {"static" | "dynamic": {"median_ms", "mean_ms"}}, "num_images",
-"exit_fractions": measured from the dynamic SavedModel's own exit_stage outputs, "threads"}`.
+interface; then times one image at a time over the test split (after a warm-up; the four
+models in turns, so that the machine's drift falls on all alike: `latency.time_models`) and
+writes, into the run's report.json under "latency" (and prints):
+`{"savedmodel" | "tflite": {"static" | "dynamic": {"median_ms", "mean_ms", "p90_ms",
+"mean_ms_by_exit", "median_ms_by_exit"}}, "num_images", "exit_fractions": measured from the
+dynamic SavedModel's own exit_stage outputs, "threads"}`.
 A benchmark: it measures and reports, it asserts nothing about speed.
 """
 
@@ -74,14 +76,22 @@ def main(argv):
     )
 
     result = {"num_images": len(batch1), "threads": FLAGS.threads, "savedmodel": {}, "tflite": {}}
-    print(f"timing {len(batch1)} test images one at a time ...", flush=True)
-    for kind, path in (("static", static_saved), ("dynamic", os.path.dirname(saved[-1]))):
-        stats, stages = latency.time_saved_model(path, batch1, FLAGS.warmup)
-        result["savedmodel"][kind] = stats
-        if kind == "dynamic":
+    print(f"timing {len(batch1)} test images one at a time, the four models in turns ...",
+          flush=True)
+    timed = latency.time_models(
+        {
+            ("savedmodel", "static"): (latency.SAVED_MODEL, static_saved),
+            ("savedmodel", "dynamic"): (latency.SAVED_MODEL, os.path.dirname(saved[-1])),
+            ("tflite", "static"): (latency.TFLITE, static_tflite),
+            ("tflite", "dynamic"): (latency.TFLITE, tflite_path),
+        },
+        batch1, FLAGS.warmup, FLAGS.threads,
+    )
+    for (runtime, kind), stats in timed.items():
+        stages = stats.pop("exit_stages")
+        result[runtime][kind] = stats
+        if (runtime, kind) == ("savedmodel", "dynamic"):
             exit_stages = stages
-    for kind, path in (("static", static_tflite), ("dynamic", tflite_path)):
-        result["tflite"][kind] = latency.time_tflite(path, batch1, FLAGS.warmup, FLAGS.threads)
     num_stages = int(exit_stages.max()) if len(exit_stages) else 1
     with open(os.path.join(run, "report.json")) as f:
         report = json.load(f)

@@ -287,7 +287,7 @@ def to_markdown(results: dict) -> str:
     for g in results.get("goals", []):
         mark = {True: "met", False: "**not met**", None: "not measured"}[g["met"]]
         lines.append(f"- {g['goal']}: {mark} — {g['detail']}")
-    if base_flops:
+    if base_flops and any(n in methods for n in DYNAMIC_METHODS):
         lines += ["", "## Accuracy at equal average FLOPs (best test-curve point within the "
                   "cost)", "", "| FLOPs ratio | " + " | ".join(
                       n for n in DYNAMIC_METHODS if n in methods) + " |",

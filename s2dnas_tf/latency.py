@@ -2,6 +2,11 @@
 
 Measures; asserts nothing about speed. Used by experiments/latency.py and
 experiments/benchmark.py so both time models the same way.
+
+Models that are compared are timed together (`time_models`): in rounds of `chunk` images,
+each model in turn, so that a slow spell of the machine (on the shared 2-core development
+VM the same model's time drifted by up to 30 % between minutes) falls on all of them
+alike and their ratios stay meaningful.
 """
 
 from __future__ import annotations
@@ -10,6 +15,14 @@ import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+
+def _stats(ms: np.ndarray) -> dict[str, float]:
+    return {
+        "mean_ms": float(ms.mean()),
+        "median_ms": float(np.median(ms)),
+        "p90_ms": float(np.percentile(ms, 90)),
+    }
 
 
 def time_calls(
@@ -32,11 +45,48 @@ def time_calls(
         seconds.append(time.perf_counter() - start)
         outputs.append(out)
     ms = np.asarray(seconds) * 1000.0
-    return {
-        "mean_ms": float(ms.mean()),
-        "median_ms": float(np.median(ms)),
-        "p90_ms": float(np.percentile(ms, 90)),
-    }, outputs, ms
+    return _stats(ms), outputs, ms
+
+
+def time_interleaved(
+    calls: dict[str, Callable[[np.ndarray], Any]],
+    images: Sequence[np.ndarray],
+    warmup: int = 20,
+    chunk: int = 250,
+) -> dict[str, tuple[dict[str, float], list[Any], np.ndarray]]:
+    """`time_calls` for several calls at once, interleaved: every call warms up, then in
+    rounds of `chunk` images each call runs over the round's images (the order of the
+    calls rotates from round to round), until every call has seen every image once.
+
+    Returns:
+        {name: (stats, outputs in image order, each call's ms)}.
+    """
+    if len(images) == 0:
+        raise ValueError("Expected at least one image to time. Received: none")
+    if not calls:
+        raise ValueError("Expected at least one model to time. Received: none")
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1. Received: {chunk}")
+    names = list(calls)
+    for name in names:
+        for image in images[:warmup]:
+            calls[name](image)
+    seconds = {name: [] for name in names}
+    outputs = {name: [] for name in names}
+    for round_index, start in enumerate(range(0, len(images), chunk)):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            call = calls[name]
+            for image in images[start : start + chunk]:
+                begin = time.perf_counter()
+                out = call(image)
+                seconds[name].append(time.perf_counter() - begin)
+                outputs[name].append(out)
+    result = {}
+    for name in names:
+        ms = np.asarray(seconds[name]) * 1000.0
+        result[name] = (_stats(ms), outputs[name], ms)
+    return result
 
 
 def by_exit(ms: np.ndarray, exit_stages: np.ndarray) -> dict[str, list[float | None]]:
@@ -109,37 +159,91 @@ def batch1_images(x: np.ndarray) -> list[np.ndarray]:
     return [img[None].astype("float32") for img in x]
 
 
-def time_saved_model(
-    path: str, images: Sequence[np.ndarray], warmup: int = 20
-) -> tuple[dict[str, float], np.ndarray]:
-    """Times the `serving_batch1` signature of an exported SavedModel (see `export`).
+SAVED_MODEL = "saved_model"
+TFLITE = "tflite"
 
-    Returns:
-        (timing stats, with each exit path's mean and median (`by_exit`), the exit stage
-        of every image, int array).
-    """
+
+def _saved_model_call(path: str):
     import tensorflow as tf
 
     from s2dnas_tf import export
 
     fn = tf.saved_model.load(path).signatures[export.SERVING_BATCH1]
-    stats, outs, ms = time_calls(lambda x: fn(images=tf.constant(x)), images, warmup)
-    exit_stages = np.concatenate([o["exit_stage"].numpy() for o in outs])
-    stats.update(by_exit(ms, exit_stages))
-    return stats, exit_stages
+    return lambda x: fn(images=tf.constant(x))
+
+
+def _tflite_call(path: str, threads: int):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=path, num_threads=threads)
+    runner = interpreter.get_signature_runner("serving_default")
+    return lambda x: runner(images=x)
+
+
+def time_models(
+    models: dict[str, tuple[str, str]],
+    images: Sequence[np.ndarray],
+    warmup: int = 20,
+    threads: int = 1,
+    chunk: int = 250,
+) -> dict[str, dict[str, Any]]:
+    """Times exported models together (`time_interleaved`), one image at a time.
+
+    Args:
+        models: {name: (kind, path)}: kind `SAVED_MODEL` (a SavedModel directory of
+            `export`; its `serving_batch1` signature is timed) or `TFLITE` (a .tflite
+            file of `export.convert_to_tflite`, run by the LiteRT interpreter of
+            ai-edge-litert, the `dev` extra, with `threads` threads).
+        images: Batches of one image, float32 [1, H, W, C].
+
+    Returns:
+        {name: stats}: "mean_ms", "median_ms", "p90_ms", each exit path's mean and median
+        (`by_exit`) and "exit_stages" (int array, the model's own exit for each image).
+
+    Raises:
+        ValueError: An unknown kind, or no images.
+        ImportError: A TFLite model without ai-edge-litert installed.
+    """
+    calls = {}
+    for name, (kind, path) in models.items():
+        if kind == SAVED_MODEL:
+            calls[name] = _saved_model_call(path)
+        elif kind == TFLITE:
+            calls[name] = _tflite_call(path, threads)
+        else:
+            raise ValueError(
+                f"Expected model kinds {SAVED_MODEL!r} or {TFLITE!r}. Received: {kind!r} "
+                f"for {name!r}"
+            )
+    timed = time_interleaved(calls, images, warmup, chunk)
+    result = {}
+    for name, (stats, outs, ms) in timed.items():
+        exit_stages = np.concatenate(
+            [np.asarray(o["exit_stage"]).reshape([-1]) for o in outs]
+        ).astype(np.int64)
+        stats.update(by_exit(ms, exit_stages))
+        stats["exit_stages"] = exit_stages
+        result[name] = stats
+    return result
+
+
+def time_saved_model(
+    path: str, images: Sequence[np.ndarray], warmup: int = 20
+) -> tuple[dict[str, float], np.ndarray]:
+    """Times the `serving_batch1` signature of an exported SavedModel alone.
+
+    Returns:
+        (timing stats, with each exit path's mean and median (`by_exit`), the exit stage
+        of every image, int array).
+    """
+    stats = time_models({"m": (SAVED_MODEL, path)}, images, warmup)["m"]
+    return stats, stats.pop("exit_stages")
 
 
 def time_tflite(
     path: str, images: Sequence[np.ndarray], warmup: int = 20, threads: int = 1
 ) -> dict[str, float]:
-    """Times a .tflite file's serving_default signature with the LiteRT interpreter
-    (ai-edge-litert, the `dev` extra); raises ImportError without it. The stats include
-    each exit path's mean and median (`by_exit`)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(model_path=path, num_threads=threads)
-    runner = interpreter.get_signature_runner("serving_default")
-    stats, outs, ms = time_calls(lambda x: runner(images=x), images, warmup)
-    exit_stages = np.concatenate([np.asarray(o["exit_stage"]).reshape([-1]) for o in outs])
-    stats.update(by_exit(ms, exit_stages))
+    """Times a .tflite file's serving_default signature alone (see `time_models`)."""
+    stats = time_models({"m": (TFLITE, path)}, images, warmup, threads)["m"]
+    stats.pop("exit_stages")
     return stats

@@ -108,6 +108,30 @@ def test_time_by_exit_and_estimated_time():
     assert benchmark.best_accuracy_within_latency(curve, 9.0, "tflite_latency_ms") == 0.7
 
 
+def test_time_interleaved_takes_turns_and_keeps_image_order():
+    log = []
+
+    def model(name):
+        def call(image):
+            log.append((name, int(image[0])))
+            return int(image[0]) * 10
+        return call
+
+    images = [np.array([i]) for i in range(5)]
+    timed = latency.time_interleaved({"a": model("a"), "b": model("b")}, images, warmup=1,
+                                     chunk=2)
+    assert log[:2] == [("a", 0), ("b", 0)]  # the warm-up
+    # Rounds of 2 images, the models' order rotating: a b, b a, a b.
+    assert [name for name, _ in log[2:]] == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "b"]
+    for name in ("a", "b"):
+        stats, outputs, ms = timed[name]
+        assert outputs == [0, 10, 20, 30, 40] and len(ms) == 5 and stats["mean_ms"] >= 0
+    with pytest.raises(ValueError, match="at least one model"):
+        latency.time_interleaved({}, images)
+    with pytest.raises(ValueError, match="Expected model kinds"):
+        latency.time_models({"x": ("onnx", "m.onnx")}, images)
+
+
 def test_set_tf_threads_checks_its_argument_and_the_moment():
     import tensorflow as tf
 
