@@ -8,7 +8,9 @@ Every method is trained on the same images and measured on the same test split:
   static_ft      the static model trained --epochs more with the dynamic methods' recipe
                  (learning rate, distillation from itself): train_dynamic.py --num_stages=1.
                  The fair reference for the accuracy goal (the dynamic methods get those
-                 epochs); not run unless listed in --methods (about 20 min on CIFAR-10);
+                 epochs); not run unless listed in --methods (about 25 min on CIFAR-10) or
+                 --dynamic_from=static_ft (the dynamic methods then start from it and
+                 distil from it);
   thin_static    the same architecture at `--thin_width` width, trained from scratch with
                  the static model's recipe (train_base.py --width_multiplier);
   early_exit     exits after each resolution stage, trained with the backbone
@@ -78,6 +80,13 @@ flags.DEFINE_boolean(
     "s2dnas_rl's step runs. A candidate's fine-tune spends about half its time tracing and "
     "building graphs on one core, so two searches side by side use both cores better; the "
     "candidates and their rewards are the same (each search has its own seed and log).",
+)
+flags.DEFINE_enum(
+    "dynamic_from", "static", ["static", "static_ft"],
+    "What the dynamic methods start from and distil from: the static model, or static_ft "
+    "(the static model first trained --epochs more with the same recipe; static_ft is then "
+    "run whether listed in --methods or not). static_ft costs --epochs more epochs, and "
+    "the dynamic nets then compete with the stronger reference on equal terms.",
 )
 flags.DEFINE_integer("epochs", 10, "Training epochs of the chosen S2DNAS nets and of early_exit.")
 flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate of that training.")
@@ -213,17 +222,30 @@ def _record_seconds(step: str, seconds: float) -> None:
     cli_common.write_json(path, timings)
 
 
+def _requested_methods() -> list[str]:
+    """--methods in the order the steps run (static_ft first: it may be the dynamic
+    methods' base), with static_ft added when --dynamic_from needs it."""
+    wanted = set(FLAGS.methods) | ({"static_ft"} if FLAGS.dynamic_from == "static_ft" else set())
+    return [m for m in _methods() if m in wanted]
+
+
 def _train_steps(base_path: str, recipe: dict) -> None:
     """Runs the training / search step of every requested method that is not done."""
     out = FLAGS.output_dir
-    common_dynamic = [
-        f"--base_model={base_path}", f"--num_stages={FLAGS.num_stages}",
-        f"--flops_budget={FLAGS.flops_budget}", f"--epochs={FLAGS.epochs}",
-        f"--learning_rate={FLAGS.learning_rate}", f"--distill_weight={FLAGS.distill_weight}",
-        f"--distill_temperature={FLAGS.distill_temperature}",
-    ]
+
+    def common_dynamic(base):
+        return [
+            f"--base_model={base}", f"--num_stages={FLAGS.num_stages}",
+            f"--flops_budget={FLAGS.flops_budget}", f"--epochs={FLAGS.epochs}",
+            f"--learning_rate={FLAGS.learning_rate}", f"--distill_weight={FLAGS.distill_weight}",
+            f"--distill_temperature={FLAGS.distill_temperature}",
+        ]
+
+    dynamic_base = base_path  # static_ft's static.keras once it is trained, if asked for
+    if FLAGS.dynamic_from == "static_ft":
+        dynamic_base = os.path.join(out, "static_ft", "static.keras")
     background = None  # (process, start time) of s2dnas_random's search run alongside
-    for method in FLAGS.methods:
+    for method in _requested_methods():
         run_dir = os.path.join(out, method)
         if method == "thin_static":
             args = _data_args() + [
@@ -253,20 +275,21 @@ def _train_steps(base_path: str, recipe: dict) -> None:
             seconds = _run(method, "train_dynamic.py", args)
         elif method in ("early_exit", "s2dnas_default"):
             extra = ["--early_exit"] if method == "early_exit" else []
-            args = _data_args() + common_dynamic + extra + [f"--output_dir={run_dir}"]
+            args = _data_args() + common_dynamic(dynamic_base) + extra + [
+                f"--output_dir={run_dir}"]
             _check_step(method, run_dir, args)
             if os.path.isfile(os.path.join(run_dir, "report.json")):
                 _say(f"{method}: done already")
                 continue
             seconds = _run(method, "train_dynamic.py", args)
         elif method in ("s2dnas_rl", "s2dnas_random"):
-            args = _search_args(method, common_dynamic)
+            args = _search_args(method, common_dynamic(dynamic_base))
             _check_step(method, run_dir, args)
             if os.path.isfile(os.path.join(run_dir, "report.json")):
                 _say(f"{method}: done already")
                 continue
             if method == "s2dnas_rl" and _search_alongside():
-                background = _start_random_search(common_dynamic)
+                background = _start_random_search(common_dynamic(dynamic_base))
             try:
                 seconds = _run(method, "search.py", args)
             except BaseException:  # a failed or killed step takes its companion with it
@@ -498,7 +521,7 @@ def main(argv):
     # Every model timed the same way, on the same images, all of them in turns.
     x = splits.x_test[: FLAGS.latency_images] if FLAGS.latency_images else splits.x_test
     images = latency.batch1_images(x)
-    names = ["static"] + [m for m in _methods() if m in FLAGS.methods and m != "static"]
+    names = ["static"] + [m for m in _requested_methods() if m != "static"]
     try:
         methods = _measure_all(names, base_path, splits, images, static_flops)
     except StepFailed as e:
@@ -519,7 +542,9 @@ def main(argv):
         "setup": (f"static: {recipe['model']} {recipe['epochs']} epochs lr "
                   f"{recipe['learning_rate']}; thin_static: width {FLAGS.thin_width}, same "
                   f"recipe; dynamic methods: {FLAGS.num_stages} stages/exits, {FLAGS.epochs} "
-                  f"epochs lr {FLAGS.learning_rate} from the static weights, distillation "
+                  f"epochs lr {FLAGS.learning_rate} from the "
+                  + ("static" if FLAGS.dynamic_from == "static" else "static_ft")
+                  + f" weights, distillation "
                   f"weight {FLAGS.distill_weight} T {FLAGS.distill_temperature}, thresholds "
                   f"for {FLAGS.flops_budget:.0%} FLOPs on validation; searches: "
                   f"{FLAGS.num_candidates} candidates of {FLAGS.candidate_steps} steps, "

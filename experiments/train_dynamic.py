@@ -8,7 +8,8 @@ builds the S-stage network of `--tokens` (or the space's default architecture; o
 from the inherited weights with sum_s w_s CE_s (+ distillation from the static model),
 calibrates exit thresholds on the validation split for `--flops_budget` and writes into
 --output_dir: config.json, arch.json, multistage.keras, report.json, report.md, curve.png,
-saved_model/<name>/1/ and model.tflite.
+saved_model/<name>/1/ and model.tflite; with --num_stages=1 also static.keras, the static
+model with the trained weights (`s2dnas_tf.rewriter.to_static`).
 Killed and started again with the same command, training resumes from its last epoch.
 """
 
@@ -112,6 +113,17 @@ def main(argv):
     except training.TrainingDivergedError as e:
         print(f"train_dynamic.py: {e}", file=sys.stderr)
         return 1
+    if FLAGS.num_stages == 1 and not FLAGS.early_exit:
+        # The static model trained with this recipe, as a static model again: a base for
+        # train_dynamic.py / search.py (benchmark.py --dynamic_from=static_ft).
+        from s2dnas_tf import rewriter
+
+        net = keras.saving.load_model(os.path.join(out, "multistage.keras"))
+        static = rewriter.to_static(net, base)
+        tmp = os.path.join(out, "static.tmp.keras")
+        static.save(tmp)
+        os.replace(tmp, os.path.join(out, "static.keras"))
+        print(f"wrote {out}/static.keras (the trained one-stage net as {base.name})", flush=True)
     return 0
 
 

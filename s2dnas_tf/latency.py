@@ -111,10 +111,14 @@ def by_exit(ms: np.ndarray, exit_stages: np.ndarray) -> dict[str, list[float | N
     }
 
 
-def estimated_ms(exit_fractions: Sequence[float], ms_by_exit: Sequence[float | None]):
+def estimated_ms(
+    exit_fractions: Sequence[float], ms_by_exit: Sequence[float | None] | None
+) -> float | None:
     """The mean time per image of an exit policy: sum_s fraction_s * (mean time of an
     image that stops at s). None if the policy sends images to a stage whose time is
-    unknown (no timed image stopped there)."""
+    unknown (no timed image stopped there), or if `ms_by_exit` is None (not timed)."""
+    if ms_by_exit is None:
+        return None
     total = 0.0
     for s, fraction in enumerate(exit_fractions):
         if fraction <= 0:

@@ -187,6 +187,57 @@ def transform(model: keras.Model, arch: space_lib.Arch) -> keras.Model:
     return _Builder(analysis, arch).build()
 
 
+def to_static(net: keras.Model, model: keras.Model) -> keras.Model:
+    """The static model again, with the weights of its one-stage network after training.
+
+    With S = 1, `transform(model, arch)` is `model` computed layer by layer under new names
+    (`stage1_<name>`, `shared_<name>`). Trained as a one-stage net (the dynamic methods'
+    recipe applied to the static model), its weights go back into a copy of `model`, which
+    then computes what `net` does and can be transformed, searched or exported like any
+    static model.
+
+    Args:
+        net: A one-stage network from `transform(model, ...)` (or loaded back from one).
+        model: The static model it was built from (not modified).
+
+    Returns:
+        A new keras.Model with `model`'s architecture and layer names and `net`'s weights.
+
+    Raises:
+        TypeError: If either is not a functional/Sequential keras.Model.
+        ValueError: If `net` has more than one stage, or a layer of `model` with weights has
+            no counterpart of the same weight shapes in `net` (also a layer the rewriter
+            computes as two, e.g. SeparableConv2D as depthwise + pointwise).
+    """
+    for what, value in (("net", net), ("model", model)):
+        if not isinstance(value, keras.Model):
+            raise TypeError(
+                f"{what} must be a keras.Model. Received: {what} of type {type(value).__name__}"
+            )
+    if len(net.outputs) != 1:
+        raise ValueError(
+            "Expected a one-stage network (transform with num_stages=1). Received: "
+            f"{net.name!r} with {len(net.outputs)} outputs"
+        )
+    copy = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model))
+    copy.set_weights(model.get_weights())
+    trained = {layer.name: layer for layer in net.layers}
+    for node in graph_lib.trace(copy).nodes:
+        if not node.layer.weights:
+            continue
+        source = trained.get(f"stage1_{node.name}") or trained.get(f"shared_{node.name}")
+        if source is None or [tuple(w.shape) for w in source.weights] != [
+            tuple(w.shape) for w in node.layer.weights
+        ]:
+            raise ValueError(
+                f"Expected {net.name!r} to be a one-stage network built from {model.name!r}. "
+                f"Received: no layer 'stage1_{node.name}' or 'shared_{node.name}' with the "
+                f"weight shapes of {model.name!r}'s layer {node.name!r}"
+            )
+        node.layer.set_weights([w.numpy() for w in source.weights])
+    return copy
+
+
 def stage_of_layer(name: str) -> int | None:
     """Stage (1-based) of a layer of a transformed model from its name; `shared_` layers
     belong to stage 1; None for layers of neither kind (the input)."""

@@ -98,6 +98,7 @@ def test_time_by_exit_and_estimated_time():
     assert latency.estimated_ms([0.6, 0.0, 0.4], paths["mean_ms_by_exit"]) == pytest.approx(
         ms.mean())
     assert latency.estimated_ms([0.5, 0.1, 0.4], paths["mean_ms_by_exit"]) is None
+    assert latency.estimated_ms([1.0], None) is None  # not timed (e.g. --tflite=false)
     with pytest.raises(ValueError, match="one exit stage per timed call"):
         latency.by_exit(ms, stages[:3])
     curve = [{"accuracy": 0.7, "latency_ms": 1.0, "tflite_latency_ms": 0.3},
@@ -248,6 +249,23 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
 
 
+def test_benchmark_dynamic_methods_from_static_ft(tmp_path):
+    """--dynamic_from=static_ft: static_ft runs first (listed or not), and the dynamic methods
+    start from and distil from its static.keras, which computes what its one-stage net does."""
+    out, results = tmp_path / "run", tmp_path / "results"
+    done = run_benchmark(*DIGITS, f"--output_dir={out}", f"--results_dir={results}",
+                         "--methods=static,early_exit", "--dynamic_from=static_ft",
+                         "--results_name=b", "--tflite=false")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    step = json.loads((out / "early_exit" / "benchmark_step.json").read_text())
+    assert f"--base_model={out / 'static_ft' / 'static.keras'}" in step["args"]
+    methods = json.loads((results / "b.json").read_text())["methods"]
+    assert set(methods) == {"static", "static_ft", "early_exit"}
+    report = json.loads((out / "early_exit" / "report.json").read_text())
+    assert report["static"]["accuracy"] == pytest.approx(methods["static_ft"]["accuracy"])
+    assert "from the static_ft weights" in (results / "b.md").read_text()
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
@@ -256,6 +274,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
         (["--num_stages=1"], "--num_stages must be >= 2"),
         (["--max_first_stage_flops=0"], "--max_first_stage_flops must be in (0, 1]"),
         (["--latency_threads=0"], "--latency_threads must be >= 1"),
+        (["--dynamic_from=thin_static"], "--dynamic_from"),
         (["--data_dir=/nonexistent"], "--data_dir must be an existing folder"),
     ],
 )

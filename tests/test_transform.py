@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import s2dnas_tf as s2d
+from s2dnas_tf import rewriter
 from s2dnas_tf.models import build_model
 from tests import helpers
 
@@ -349,3 +350,43 @@ def test_partition_boundaries_properties():
         assert len(b) == stages + 1 and b[0] == 0 and b[-1] == channels
         assert b == sorted(b) and all(v % quantum == 0 for v in b)
         assert b[1] >= quantum, (channels, quantum, fractions, b)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2_cifar"])
+def test_to_static_puts_a_one_stage_nets_weights_back(name):
+    """A one-stage net trained on (here: its weights perturbed) gives its weights back to a
+    copy of the static model, which then computes what the net does."""
+    model = build_model(name)
+    helpers.randomize_normalization_stats(model)
+    x = helpers.images(model)
+    before = np.asarray(model(x, training=False))
+    net = s2d.transform(model, s2d.SearchSpace.from_model(model, num_stages=1).default_arch())
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        if layer.weights:
+            layer.set_weights([w + 0.05 * rng.standard_normal(w.shape).astype(w.dtype)
+                               for w in layer.get_weights()])
+    static = rewriter.to_static(net, model)
+    assert [layer.name for layer in static.layers] == [layer.name for layer in model.layers]
+    expected = np.asarray(net(x, training=False)[0])
+    np.testing.assert_allclose(np.asarray(static(x, training=False)), expected, atol=1e-4,
+                               rtol=1e-4)
+    assert np.abs(expected - before).max() > 1e-3  # the perturbation did change the output
+    np.testing.assert_array_equal(np.asarray(model(x, training=False)), before)  # untouched
+
+
+def test_to_static_refuses_what_it_cannot_invert(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=2)
+    with pytest.raises(ValueError, match="Expected a one-stage network"):
+        rewriter.to_static(s2d.transform(resnet20, space.default_arch()), resnet20)
+    other = build_model("resnet8")
+    net = s2d.transform(other, s2d.SearchSpace.from_model(other, num_stages=1).default_arch())
+    with pytest.raises(ValueError, match="one-stage network built from"):
+        rewriter.to_static(net, resnet20)
+    with pytest.raises(TypeError, match="net must be a keras.Model"):
+        rewriter.to_static("net", resnet20)
+    # A layer the rewriter computes as two (SeparableConv2D: depthwise + pointwise).
+    cnn = every_layer_cnn()
+    net = s2d.transform(cnn, s2d.SearchSpace.from_model(cnn, num_stages=1).default_arch())
+    with pytest.raises(ValueError, match="layer 'sep'"):
+        rewriter.to_static(net, cnn)
