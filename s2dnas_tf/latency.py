@@ -25,38 +25,16 @@ def _stats(ms: np.ndarray) -> dict[str, float]:
     }
 
 
-def time_calls(
-    call: Callable[[np.ndarray], Any], images: Sequence[np.ndarray], warmup: int = 20
-) -> tuple[dict[str, float], list[Any], np.ndarray]:
-    """Calls `call` once per image (after `warmup` untimed calls on the first images).
-
-    Returns:
-        ({"mean_ms", "median_ms", "p90_ms"}, the outputs in order, each call's ms).
-    """
-    if len(images) == 0:
-        raise ValueError("Expected at least one image to time. Received: none")
-    for image in images[:warmup]:
-        call(image)
-    seconds = []
-    outputs = []
-    for image in images:
-        start = time.perf_counter()
-        out = call(image)
-        seconds.append(time.perf_counter() - start)
-        outputs.append(out)
-    ms = np.asarray(seconds) * 1000.0
-    return _stats(ms), outputs, ms
-
-
 def time_interleaved(
     calls: dict[str, Callable[[np.ndarray], Any]],
     images: Sequence[np.ndarray],
     warmup: int = 20,
     chunk: int = 250,
 ) -> dict[str, tuple[dict[str, float], list[Any], np.ndarray]]:
-    """`time_calls` for several calls at once, interleaved: every call warms up, then in
-    rounds of `chunk` images each call runs over the round's images (the order of the
-    calls rotates from round to round), until every call has seen every image once.
+    """Calls each of `calls` once per image, wall clock, interleaved: every call warms up
+    (`warmup` untimed calls on the first images), then in rounds of `chunk` images each
+    call runs over the round's images (the order of the calls rotates from round to
+    round), until every call has seen every image once.
 
     Returns:
         {name: (stats, outputs in image order, each call's ms)}.
@@ -229,25 +207,3 @@ def time_models(
         stats["exit_stages"] = exit_stages
         result[name] = stats
     return result
-
-
-def time_saved_model(
-    path: str, images: Sequence[np.ndarray], warmup: int = 20
-) -> tuple[dict[str, float], np.ndarray]:
-    """Times the `serving_batch1` signature of an exported SavedModel alone.
-
-    Returns:
-        (timing stats, with each exit path's mean and median (`by_exit`), the exit stage
-        of every image, int array).
-    """
-    stats = time_models({"m": (SAVED_MODEL, path)}, images, warmup)["m"]
-    return stats, stats.pop("exit_stages")
-
-
-def time_tflite(
-    path: str, images: Sequence[np.ndarray], warmup: int = 20, threads: int = 1
-) -> dict[str, float]:
-    """Times a .tflite file's serving_default signature alone (see `time_models`)."""
-    stats = time_models({"m": (TFLITE, path)}, images, warmup, threads)["m"]
-    stats.pop("exit_stages")
-    return stats
