@@ -233,10 +233,10 @@ def _train_steps(base_path: str, recipe: dict) -> None:
     """Runs the training / search step of every requested method that is not done."""
     out = FLAGS.output_dir
 
-    def common_dynamic(base):
+    def common_dynamic(base, num_stages=FLAGS.num_stages, flops_budget=FLAGS.flops_budget):
         return [
-            f"--base_model={base}", f"--num_stages={FLAGS.num_stages}",
-            f"--flops_budget={FLAGS.flops_budget}", f"--epochs={FLAGS.epochs}",
+            f"--base_model={base}", f"--num_stages={num_stages}",
+            f"--flops_budget={flops_budget}", f"--epochs={FLAGS.epochs}",
             f"--learning_rate={FLAGS.learning_rate}", f"--distill_weight={FLAGS.distill_weight}",
             f"--distill_temperature={FLAGS.distill_temperature}",
         ]
@@ -261,13 +261,8 @@ def _train_steps(base_path: str, recipe: dict) -> None:
         elif method == "static_ft":
             # The dynamic methods' training on the one-stage "network": the static model
             # itself (S = 1 reproduces it), distilled from its original weights.
-            args = _data_args() + [
-                f"--base_model={base_path}", "--num_stages=1", "--flops_budget=1.0",
-                f"--epochs={FLAGS.epochs}", f"--learning_rate={FLAGS.learning_rate}",
-                f"--distill_weight={FLAGS.distill_weight}",
-                f"--distill_temperature={FLAGS.distill_temperature}",
-                f"--output_dir={run_dir}",
-            ]
+            args = _data_args() + common_dynamic(base_path, num_stages=1, flops_budget=1.0) + [
+                f"--output_dir={run_dir}"]
             _check_step(method, run_dir, args)
             if os.path.isfile(os.path.join(run_dir, "report.json")):
                 _say(f"{method}: done already")

@@ -116,20 +116,15 @@ def dynamic_record(
     }
 
 
-def best_accuracy_within(curve: Sequence[dict], flops: float) -> float | None:
-    """The best accuracy among curve points that cost at most `flops` (None if none does):
-    what the method offers at that average cost."""
-    within = [p["accuracy"] for p in curve if p["avg_flops"] <= flops * (1 + 1e-9)]
-    return max(within) if within else None
-
-
-def best_accuracy_within_latency(
-    latency_curve: Sequence[dict], budget_ms: float, key: str = "latency_ms"
+def best_accuracy_within(
+    curve: Sequence[dict], budget: float, key: str = "avg_flops"
 ) -> float | None:
-    """The best accuracy among `latency_curve` points whose `key` time ("latency_ms" for
-    the SavedModel, "tflite_latency_ms") is known and at most `budget_ms` (None if none)."""
-    within = [p["accuracy"] for p in latency_curve
-              if p.get(key) is not None and p[key] <= budget_ms * (1 + 1e-9)]
+    """The best accuracy among curve points whose cost `key` is known and at most `budget`
+    (None if none is): what the method offers at that cost. `key`: "avg_flops" for a
+    method's `curve`; "latency_ms" (SavedModel) or "tflite_latency_ms" for its
+    `latency_curve`."""
+    within = [p["accuracy"] for p in curve
+              if p.get(key) is not None and p[key] <= budget * (1 + 1e-9)]
     return max(within) if within else None
 
 
@@ -171,7 +166,7 @@ def evaluate_goals(
         for key, what in (("latency_ms", "SavedModel"), ("tflite_latency_ms", "TFLite")):
             if s.get(key) is None:
                 continue
-            acc = best_accuracy_within_latency(m["latency_curve"], latency_ratio * s[key], key)
+            acc = best_accuracy_within(m["latency_curve"], latency_ratio * s[key], key)
             cells.append(f"{what} {_fmt(acc)}")
         detail += (f"; best accuracy at <= {latency_ratio:.2f}x static latency (the test "
                    f"curve's exit fractions x each exit path's mean time): "
@@ -324,7 +319,7 @@ def to_markdown(results: dict) -> str:
             cells = []
             for key in ("latency_ms", "tflite_latency_ms"):
                 budget = None if static.get(key) is None else 0.6 * static[key]
-                acc = None if budget is None else best_accuracy_within_latency(
+                acc = None if budget is None else best_accuracy_within(
                     m["latency_curve"], budget, key)
                 cells.append(_fmt(acc))
             rows.append(f"| {n} | " + " | ".join(cells) + " |")

@@ -103,10 +103,10 @@ def test_time_by_exit_and_estimated_time():
         latency.by_exit(ms, stages[:3])
     curve = [{"accuracy": 0.7, "latency_ms": 1.0, "tflite_latency_ms": 0.3},
              {"accuracy": 0.8, "latency_ms": 1.5, "tflite_latency_ms": None}]
-    assert benchmark.best_accuracy_within_latency(curve, 1.2) == 0.7
-    assert benchmark.best_accuracy_within_latency(curve, 2.0) == 0.8
-    assert benchmark.best_accuracy_within_latency(curve, 0.9) is None
-    assert benchmark.best_accuracy_within_latency(curve, 9.0, "tflite_latency_ms") == 0.7
+    assert benchmark.best_accuracy_within(curve, 1.2, "latency_ms") == 0.7
+    assert benchmark.best_accuracy_within(curve, 2.0, "latency_ms") == 0.8
+    assert benchmark.best_accuracy_within(curve, 0.9, "latency_ms") is None
+    assert benchmark.best_accuracy_within(curve, 9.0, "tflite_latency_ms") == 0.7
 
 
 def test_time_interleaved_takes_turns_and_keeps_image_order():
