@@ -258,20 +258,15 @@ def _train_steps(base_path: str, recipe: dict) -> None:
                 _say("thin_static: trained already")
                 continue
             seconds = _run("thin_static", "train_base.py", args)
-        elif method == "static_ft":
-            # The dynamic methods' training on the one-stage "network": the static model
-            # itself (S = 1 reproduces it), distilled from its original weights.
-            args = _data_args() + common_dynamic(base_path, num_stages=1, flops_budget=1.0) + [
-                f"--output_dir={run_dir}"]
-            _check_step(method, run_dir, args)
-            if os.path.isfile(os.path.join(run_dir, "report.json")):
-                _say(f"{method}: done already")
-                continue
-            seconds = _run(method, "train_dynamic.py", args)
-        elif method in ("early_exit", "s2dnas_default"):
-            extra = ["--early_exit"] if method == "early_exit" else []
-            args = _data_args() + common_dynamic(dynamic_base) + extra + [
-                f"--output_dir={run_dir}"]
+        elif method in ("static_ft", "early_exit", "s2dnas_default"):
+            if method == "static_ft":
+                # The dynamic methods' training on the one-stage "network": the static model
+                # itself (S = 1 reproduces it), distilled from its original weights.
+                common = common_dynamic(base_path, num_stages=1, flops_budget=1.0)
+            else:
+                common = common_dynamic(dynamic_base)
+                common += ["--early_exit"] if method == "early_exit" else []
+            args = _data_args() + common + [f"--output_dir={run_dir}"]
             _check_step(method, run_dir, args)
             if os.path.isfile(os.path.join(run_dir, "report.json")):
                 _say(f"{method}: done already")
