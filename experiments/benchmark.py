@@ -65,6 +65,12 @@ flags.DEFINE_float("base_learning_rate", 0.1, "Learning rate of the static (and 
 flags.DEFINE_float("thin_width", 0.5, "Width multiplier of thin_static.")
 flags.DEFINE_integer("num_stages", 3, "Stages / exits of the dynamic methods.")
 flags.DEFINE_float("flops_budget", 0.5, "Average-FLOPs budget of the dynamic methods' thresholds.")
+flags.DEFINE_integer(
+    "channel_multiple", 1,
+    "The S2DNAS methods' space (s2dnas_rl, s2dnas_random, s2dnas_default): every stage's "
+    "channel count in a unit of C channels is a multiple of gcd(C, this); 8 suits TFLite's "
+    "kernels. 1: any count (the committed runs).",
+)
 flags.DEFINE_integer("num_candidates", 16, "Architectures each search evaluates.")
 flags.DEFINE_integer("search_batch_size", 4, "Architectures per controller update.")
 flags.DEFINE_integer("candidate_steps", 60, "Fine-tuning steps per candidate.")
@@ -108,7 +114,7 @@ flags.DEFINE_string("output_dir", None, "Where the methods' runs go.")
 flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
 flags.DEFINE_string("results_name", None, "Results file name (default: <dataset>_<model>).")
 flags.mark_flag_as_required("output_dir")
-for _name in ("base_epochs", "num_candidates", "search_batch_size", "candidate_steps",
+for _name in ("channel_multiple", "base_epochs", "num_candidates", "search_batch_size", "candidate_steps",
               "epochs", "batch_size"):
     flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1.")
 flags.register_validator("latency_warmup", lambda v: v >= 0, "--latency_warmup must be >= 0.")
@@ -265,7 +271,7 @@ def _train_steps(base_path: str, recipe: dict) -> None:
                 common = common_dynamic(base_path, num_stages=1, flops_budget=1.0)
             else:
                 common = common_dynamic(dynamic_base)
-                common += ["--early_exit"] if method == "early_exit" else []
+                common += ["--early_exit"] if method == "early_exit" else _space_args()
             args = _data_args() + common + [f"--output_dir={run_dir}"]
             _check_step(method, run_dir, args)
             if os.path.isfile(os.path.join(run_dir, "report.json")):
@@ -311,10 +317,16 @@ def _search_args(method: str, common_dynamic: list[str]) -> list[str]:
         f"--candidate_steps={FLAGS.candidate_steps}",
         f"--candidate_learning_rate={FLAGS.candidate_learning_rate}",
         "--reward=budget", f"--output_dir={run_dir}",
-    ]
+    ] + _space_args()
     if FLAGS.max_first_stage_flops is not None:
         args.append(f"--max_first_stage_flops={FLAGS.max_first_stage_flops}")
     return args
+
+
+def _space_args() -> list[str]:
+    """The S2DNAS steps' space flags beyond the defaults (none by default, so the steps'
+    commands, and run directories made before the flag existed, stay as they were)."""
+    return [] if FLAGS.channel_multiple == 1 else [f"--channel_multiple={FLAGS.channel_multiple}"]
 
 
 def _search_alongside() -> bool:
@@ -540,7 +552,9 @@ def main(argv):
                   f"{FLAGS.num_candidates} candidates of {FLAGS.candidate_steps} steps, "
                   f"{FLAGS.search_batch_size} per controller update"
                   + (f", first stage <= {FLAGS.max_first_stage_flops:.0%} of the static FLOPs"
-                     if FLAGS.max_first_stage_flops is not None else "")),
+                     if FLAGS.max_first_stage_flops is not None else "")
+                  + (f"; S2DNAS channel counts multiples of {FLAGS.channel_multiple}"
+                     if FLAGS.channel_multiple != 1 else "")),
         "static_flops": static_flops,
         "methods": methods,
     }

@@ -38,6 +38,18 @@ def run(main) -> None:
 FLAGS = flags.FLAGS
 
 
+def define_channel_multiple_flag() -> None:
+    flags.DEFINE_integer(
+        "channel_multiple", 1,
+        "Every stage's channel count in a unit of C channels is a multiple of gcd(C, this) "
+        "(s2dnas_tf.SearchSpace); 8 keeps the stages on the whole channel blocks of TFLite's "
+        "kernels; 1: any count.",
+    )
+    flags.register_validator(
+        "channel_multiple", lambda v: v >= 1, "--channel_multiple must be an int >= 1."
+    )
+
+
 def define_data_flags() -> None:
     flags.DEFINE_enum(
         "dataset", "digits", ["digits", "cifar10", "cifar100", "image_folder"],

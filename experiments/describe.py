@@ -16,6 +16,7 @@ from absl import flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "resnet20", "Reference model name, or a path to a .keras file.")
 flags.DEFINE_integer("num_stages", 3, "Number of stages S.")
+cli_common.define_channel_multiple_flag()
 flags.DEFINE_list("tokens", None, "Architecture tokens (comma-separated ints).")
 flags.DEFINE_integer("seed", None, "Sample an architecture with this seed instead.")
 flags.DEFINE_integer("num_classes", 10, "Classes, for reference models.")
@@ -41,7 +42,9 @@ def main(argv):
             f"--model must be one of {list_models()} or a .keras file. Received: {FLAGS.model!r}"
         )
     try:
-        space = s2d.SearchSpace.from_model(model, num_stages=FLAGS.num_stages)
+        space = s2d.SearchSpace.from_model(
+            model, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple
+        )
         if FLAGS.tokens:
             arch = space.decode([int(t) for t in FLAGS.tokens])
         elif FLAGS.seed is not None:

@@ -30,6 +30,7 @@ flags.DEFINE_string("base_model", None, "A trained static model (.keras); traine
 flags.DEFINE_string("model", "resnet20", "Reference model to train when --base_model is unset.")
 flags.DEFINE_integer("base_epochs", 30, "Epochs of the base model when trained here.")
 flags.DEFINE_integer("num_stages", 3, "Number of stages S.")
+cli_common.define_channel_multiple_flag()
 flags.DEFINE_enum("searcher", "rl", ["rl", "random"], "REINFORCE controller or random search.")
 flags.DEFINE_integer("num_candidates", 20, "Distinct architectures to evaluate.")
 flags.DEFINE_integer("search_batch_size", 4, "Architectures per controller update.")
@@ -150,7 +151,9 @@ def main(argv):
     base = keras.saving.load_model(base_path)
     try:
         data.check_num_classes(splits, base)
-        space = s2d.SearchSpace.from_model(base, num_stages=FLAGS.num_stages)
+        space = s2d.SearchSpace.from_model(
+            base, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple
+        )
     except (ValueError, TypeError) as e:
         return cli_common.usage_error(str(e))
     _say(space.describe())

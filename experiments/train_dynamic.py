@@ -24,6 +24,7 @@ cli_common.define_data_flags()
 cli_common.define_train_flags()
 flags.DEFINE_string("base_model", None, "The trained static model (.keras).")
 flags.DEFINE_integer("num_stages", 3, "Number of stages S.")
+cli_common.define_channel_multiple_flag()
 flags.DEFINE_list("tokens", None, "Architecture tokens; default: the space's default arch.")
 flags.DEFINE_boolean(
     "early_exit", False,
@@ -58,6 +59,11 @@ def main(argv):
     from s2dnas_tf import data, early_exit, pipeline, training
 
     out = FLAGS.output_dir
+    if FLAGS.early_exit and FLAGS.channel_multiple != 1:
+        return cli_common.usage_error(
+            "--channel_multiple applies to S2DNAS architectures; the early-exit baseline "
+            "keeps the static model's channels (leave it at 1)."
+        )
     if os.path.exists(os.path.join(out, "report.json")) and not FLAGS.overwrite:
         return cli_common.usage_error(
             f"{out} holds a finished run (report.json); pass --overwrite to redo it."
@@ -71,10 +77,13 @@ def main(argv):
         if FLAGS.early_exit:
             if FLAGS.tokens:
                 raise ValueError("--tokens and --early_exit exclude each other.")
+
             space = arch = None
             early_exit.attach_exits(base, FLAGS.num_stages)  # checks the model up front
         else:
-            space = s2d.SearchSpace.from_model(base, num_stages=FLAGS.num_stages)
+            space = s2d.SearchSpace.from_model(
+                base, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple
+            )
             arch = space.decode([int(t) for t in FLAGS.tokens]) if FLAGS.tokens else (
                 space.default_arch()
             )

@@ -85,12 +85,11 @@ class _Builder:
         self.graph = analysis.graph
         self.arch = arch
         self.num_stages = arch.num_stages
-        self._bounds = {}
-        for unit in analysis.units:
-            fractions = [arch.fractions[s][unit.group] for s in range(arch.num_stages - 1)]
-            self._bounds[unit.root] = partition_boundaries(
-                unit.channels, unit.quantum, fractions, arch.grid
-            )
+        space = space_lib.SearchSpace(
+            analysis, arch.num_stages, arch.grid, arch.channel_multiple
+        )
+        by_index = space.unit_bounds(arch)
+        self._bounds = {unit.root: by_index[unit.index] for unit in analysis.units}
 
     def unit_bounds(self, unit: analysis_lib.Unit) -> list[int]:
         return self._bounds[unit.root]
@@ -182,7 +181,7 @@ def transform(model: keras.Model, arch: space_lib.Arch) -> keras.Model:
             f"Received: arch of type {type(arch).__name__}"
         )
     analysis = analysis_lib.analyse(model)
-    space = space_lib.SearchSpace(analysis, arch.num_stages, arch.grid)
+    space = space_lib.SearchSpace(analysis, arch.num_stages, arch.grid, arch.channel_multiple)
     space.check_arch(arch)
     return _Builder(analysis, arch).build()
 

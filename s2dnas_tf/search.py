@@ -8,7 +8,8 @@
 - `"random"`: uniform samples from the space (`SearchSpace.sample`), same loop, no update.
 
 The search stops after `num_candidates` *distinct* architectures have been evaluated (a
-cached architecture is never paid for twice and does not count), or after
+cached architecture is never paid for twice and does not count; token lists that build the
+same network, `SearchSpace.network_key`, are one architecture), or after
 `max_samples_factor * num_candidates` samples.
 
 Constraints: `run_search(..., admissible=...)` takes a predicate on architectures (e.g.
@@ -31,7 +32,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -147,10 +148,14 @@ class SearchConfig:
 
 class SearchLog:
     """`search_log.jsonl`: one JSON line per evaluated architecture, appended and flushed
-    as each evaluation ends. A torn last line (killed mid-write) is ignored on reading."""
+    as each evaluation ends. A torn last line (killed mid-write) is ignored on reading.
 
-    def __init__(self, path: str):
+    `cache` maps `key(tokens)` to the record: with `key=space.network_key`, token lists that
+    build the same network share one record (default: the tokens themselves)."""
+
+    def __init__(self, path: str, key: Callable[[Sequence[int]], tuple] = tuple):
         self.path = path
+        self.key = key
         self.records: list[dict] = []
         if os.path.exists(path):
             with open(path) as f:
@@ -163,7 +168,9 @@ class SearchLog:
                 except json.JSONDecodeError:
                     break  # the torn tail of a killed write; everything before it is good
             self._rewrite()
-        self.cache = {tuple(r["tokens"]): r for r in self.records}
+        self.cache = {}
+        for r in self.records:
+            self.cache.setdefault(key(r["tokens"]), r)
 
     def _rewrite(self):
         tmp = self.path + ".tmp"
@@ -178,7 +185,7 @@ class SearchLog:
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
-        self.cache[tuple(record["tokens"])] = record
+        self.cache.setdefault(self.key(record["tokens"]), record)
 
     def best(self) -> dict | None:
         return max(self.records, key=lambda r: r["reward"]) if self.records else None
@@ -217,7 +224,7 @@ def run_search(
     """
     config.validate()
     os.makedirs(output_dir, exist_ok=True)
-    search_log = SearchLog(os.path.join(output_dir, "search_log.jsonl"))
+    search_log = SearchLog(os.path.join(output_dir, "search_log.jsonl"), key=space.network_key)
     state_path = os.path.join(output_dir, "controller.json")
     controller = None
     if config.searcher == "rl":
@@ -257,7 +264,7 @@ def run_search(
             tokens = list(tokens)
             if (
                 admissible is not None
-                and tuple(tokens) not in search_log.cache
+                and space.network_key(tokens) not in search_log.cache
                 and tuple(tokens) not in verdicts
             ):
                 verdicts[tuple(tokens)] = bool(admissible(space.decode(tokens)))
@@ -271,7 +278,7 @@ def run_search(
             if not verdicts.get(tuple(tokens), True):
                 rewards.append(config.inadmissible_reward)
                 continue
-            record = search_log.cache.get(tuple(tokens))
+            record = search_log.cache.get(space.network_key(tokens))
             if record is None:
                 if len(search_log.records) >= config.num_candidates:
                     break
@@ -351,7 +358,9 @@ def first_stage_flops_cap(model, max_ratio: float) -> Callable[[Arch], bool]:
     cache: dict[tuple, float] = {}
 
     def admissible(arch: Arch) -> bool:
-        key = tuple(arch.fraction(1, g) for g in range(arch.num_groups))
+        key = tuple(arch.fraction(1, g) for g in range(arch.num_groups)) + (
+            arch.channel_multiple,
+        )
         if key not in cache:
             cache[key] = rewriter.stage_flops(rewriter.transform(model, arch))[0] / static
         return cache[key] <= max_ratio

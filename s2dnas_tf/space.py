@@ -10,6 +10,13 @@ An architecture is a short list of discrete decisions (tokens):
 
 Token order: the fractions of stage 1 (one per group), those of stage 2, ..., stage S-1, then
 the concat positions of stages 2..S.
+
+Channel multiple: with `channel_multiple=m` (an attribute of the space and of its archs, not a
+token), every stage's channel group in a unit of C channels is a multiple of gcd(C, m) (so of
+m itself whenever C is a multiple of m), besides the unit's own quantum (grouped convs). Mobile
+kernels (TFLite's XNNPACK) compute channels in blocks of 4 or 8 and pay a count off the block
+nearly at the next multiple; m = 8 keeps every stage's convolutions on whole blocks. Token lists
+that round to the same channel counts build the same network: `SearchSpace.network_key` tells.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ class Arch:
             the cumulative fraction of channels visible to stages <= s is value / grid.
         concat_positions: S-1 unit-group indices, for stages 2..S.
         group_labels: Readable name of each unit group (e.g. "32x32").
+        channel_multiple: Stage channel counts are multiples of gcd(unit channels, this)
+            (see the module docstring); 1: any count.
     """
 
     num_stages: int
@@ -46,6 +55,7 @@ class Arch:
     fractions: tuple
     concat_positions: tuple
     group_labels: tuple
+    channel_multiple: int = 1
 
     @property
     def num_groups(self) -> int:
@@ -75,6 +85,7 @@ class Arch:
             "tokens": self.tokens,
             "fractions": [list(r) for r in self.fractions],
             "concat_positions": list(self.concat_positions),
+            "channel_multiple": self.channel_multiple,
             "readable": str(self),
         }
 
@@ -83,27 +94,41 @@ class Arch:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Arch":
-        """Inverse of `to_dict` (the readable form is ignored)."""
+        """Inverse of `to_dict` (the readable form is ignored; a dict without
+        channel_multiple, as written before it existed, means 1)."""
         try:
-            return cls(
+            arch = cls(
                 num_stages=int(data["num_stages"]),
                 grid=int(data["grid"]),
                 fractions=tuple(tuple(int(v) for v in row) for row in data["fractions"]),
                 concat_positions=tuple(int(v) for v in data["concat_positions"]),
                 group_labels=tuple(data["group_labels"]),
+                channel_multiple=int(data.get("channel_multiple", 1)),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(
                 "An arch dict needs num_stages, grid, fractions, concat_positions and "
-                f"group_labels. Received keys: {sorted(data)}"
+                f"group_labels (channel_multiple is optional). Received keys: {sorted(data)}"
             ) from e
+        if arch.channel_multiple < 1:
+            raise ValueError(
+                f"channel_multiple must be >= 1. Received: {data['channel_multiple']!r}"
+            )
+        return arch
 
     @classmethod
     def from_json(cls, text: str) -> "Arch":
         return cls.from_dict(json.loads(text))
 
     def __str__(self) -> str:
-        lines = [f"{self.num_stages} stage(s) over unit groups {', '.join(self.group_labels)}:"]
+        multiple = (
+            f" (channel counts multiples of {self.channel_multiple})"
+            if self.channel_multiple > 1 else ""
+        )
+        lines = [
+            f"{self.num_stages} stage(s) over unit groups {', '.join(self.group_labels)}"
+            f"{multiple}:"
+        ]
         for stage in range(1, self.num_stages + 1):
             if stage < self.num_stages:
                 seen = " ".join(
@@ -125,15 +150,26 @@ class SearchSpace:
     Build with `SearchSpace.from_model(model, num_stages=3)`.
     """
 
-    def __init__(self, analysis: analysis_lib.Analysis, num_stages: int, grid: int):
+    def __init__(
+        self,
+        analysis: analysis_lib.Analysis,
+        num_stages: int,
+        grid: int,
+        channel_multiple: int = 1,
+    ):
         self.analysis = analysis
         self.num_stages = num_stages
         self.grid = grid
+        self.channel_multiple = channel_multiple
         self.group_labels = tuple(g.label for g in analysis.groups)
 
     @classmethod
     def from_model(
-        cls, model: keras.Model, num_stages: int = 3, grid: int = DEFAULT_GRID
+        cls,
+        model: keras.Model,
+        num_stages: int = 3,
+        grid: int = DEFAULT_GRID,
+        channel_multiple: int = 1,
     ) -> "SearchSpace":
         """Analyses `model` and builds its space.
 
@@ -141,6 +177,9 @@ class SearchSpace:
             model: A Keras 3 functional or Sequential CNN ending in a classifier.
             num_stages: Number of stages S (>= 1).
             grid: Channel fractions are multiples of 1/grid (>= 1).
+            channel_multiple: Every stage's channel count in a unit of C channels is a
+                multiple of gcd(C, channel_multiple) (>= 1; 8 suits TFLite's kernels; see the
+                module docstring).
 
         Returns:
             The space.
@@ -155,7 +194,18 @@ class SearchSpace:
             raise ValueError(f"num_stages must be >= 1. Received: num_stages={num_stages!r}")
         if isinstance(grid, bool) or not isinstance(grid, (int, np.integer)) or grid < 1:
             raise ValueError(f"grid must be an int >= 1. Received: grid={grid!r}")
-        return cls(analysis_lib.analyse(model), int(num_stages), int(grid))
+        if (
+            isinstance(channel_multiple, bool)
+            or not isinstance(channel_multiple, (int, np.integer))
+            or channel_multiple < 1
+        ):
+            raise ValueError(
+                "channel_multiple must be an int >= 1 (e.g. 8 for TFLite's kernels). "
+                f"Received: channel_multiple={channel_multiple!r}"
+            )
+        return cls(
+            analysis_lib.analyse(model), int(num_stages), int(grid), int(channel_multiple)
+        )
 
     # --- shape of the token sequence ----------------------------------------------------
 
@@ -225,7 +275,40 @@ class SearchSpace:
         fractions = tuple(
             tuple(tokens[r * g + j] + 1 for j in range(g)) for r in range(s - 1)
         )
-        return Arch(s, self.grid, fractions, tuple(tokens[(s - 1) * g :]), self.group_labels)
+        return Arch(
+            s,
+            self.grid,
+            fractions,
+            tuple(tokens[(s - 1) * g :]),
+            self.group_labels,
+            self.channel_multiple,
+        )
+
+    def unit_quantum(self, unit: analysis_lib.Unit) -> int:
+        """The channel counts of `unit`'s stages are multiples of this: the unit's own quantum
+        (grouped convs) and gcd(unit channels, channel_multiple)."""
+        return math.lcm(unit.quantum, math.gcd(unit.channels, self.channel_multiple))
+
+    def unit_bounds(self, arch: Arch) -> dict[int, list[int]]:
+        """Unit index -> its S+1 channel boundaries under `arch` (stage s gets channels
+        [b_{s-1}, b_s))."""
+        from s2dnas_tf import rewriter  # rewriter imports this module
+
+        bounds = {}
+        for unit in self.analysis.units:
+            fractions = [arch.fractions[s][unit.group] for s in range(arch.num_stages - 1)]
+            bounds[unit.index] = rewriter.partition_boundaries(
+                unit.channels, self.unit_quantum(unit), fractions, arch.grid
+            )
+        return bounds
+
+    def network_key(self, tokens: Sequence[int]) -> tuple:
+        """What the network of `tokens` is made of: every unit's channel boundaries and the
+        concat positions. Token lists with the same key build the same network (possible
+        when a unit has fewer channels, or quanta, than the grid has steps)."""
+        arch = self.decode(tokens)
+        bounds = self.unit_bounds(arch)
+        return tuple(tuple(bounds[u]) for u in sorted(bounds)) + (arch.concat_positions,)
 
     def default_arch(self) -> Arch:
         """Evenly growing stages (stage s sees about s/S of every group), every later stage
@@ -253,16 +336,18 @@ class SearchSpace:
         """Raises ValueError unless `arch` belongs to this space."""
         if not isinstance(arch, Arch):
             raise TypeError(f"Expected an Arch. Received: {type(arch).__name__}")
-        if (arch.num_stages, arch.num_groups, arch.grid) != (
+        if (arch.num_stages, arch.num_groups, arch.grid, arch.channel_multiple) != (
             self.num_stages,
             self.num_groups,
             self.grid,
+            self.channel_multiple,
         ):
             raise ValueError(
-                f"The arch has {arch.num_stages} stages, {arch.num_groups} unit groups and grid "
-                f"{arch.grid}; this model's space has {self.num_stages} stages, "
-                f"{self.num_groups} unit groups ({', '.join(self.group_labels)}) and grid "
-                f"{self.grid}."
+                f"The arch has {arch.num_stages} stages, {arch.num_groups} unit groups, grid "
+                f"{arch.grid} and channel multiple {arch.channel_multiple}; this model's space "
+                f"has {self.num_stages} stages, {self.num_groups} unit groups "
+                f"({', '.join(self.group_labels)}), grid {self.grid} and channel multiple "
+                f"{self.channel_multiple}."
             )
         self.decode(arch.tokens)
 
@@ -270,13 +355,19 @@ class SearchSpace:
         units = self.analysis.units
         lines = [
             f"SearchSpace of {self.analysis.graph.model_name!r}: {self.num_stages} stages, "
-            f"grid 1/{self.grid}, {self.num_tokens} tokens, {self.size:,} architectures",
+            f"grid 1/{self.grid}, {self.num_tokens} tokens, {self.size:,} architectures"
+            + (
+                f" (token lists; channel counts multiples of {self.channel_multiple})"
+                if self.channel_multiple > 1 else ""
+            ),
         ]
         for group in self.analysis.groups:
             channels = sorted({units[u].channels for u in group.units})
+            steps = sorted({self.unit_quantum(units[u]) for u in group.units})
             lines.append(
                 f"  group {group.index} ({group.label}): {len(group.units)} units, "
                 f"channels {channels}"
+                + (f", in steps of {steps}" if steps != [1] else "")
             )
         return "\n".join(lines)
 

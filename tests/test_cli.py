@@ -29,10 +29,20 @@ def test_describe_prints_space_and_stage_flops():
     assert "max abs logit difference 0.00e+00" in result.stdout
 
 
+def test_describe_with_a_channel_multiple():
+    result = run_script(
+        "describe.py", "--model=resnet20", "--channel_multiple=8", "--tokens=4,1,0,7,6,3,0,0"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "channels [16], in steps of [8]" in result.stdout
+    assert "channel counts multiples of 8" in result.stdout
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
         (["--model=nope"], "--model must be one of"),
+        (["--channel_multiple=0"], "--channel_multiple must be an int >= 1"),
         (["--num_stages=0"], "--num_stages must be >= 1"),
         (["--tokens=1,2"], "takes 8 tokens"),
         (["--model=/nonexistent/m.keras"], "does not exist"),

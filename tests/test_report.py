@@ -140,6 +140,10 @@ def test_base_then_dynamic_pipeline_on_digits(tmp_path):
         (["--flops_budget=1.5"], "--flops_budget must be in (0, 1]"),
         (["--num_stages=0"], "--num_stages must be >= 1"),
         (["--dataset=imagenet"], "dataset"),
+        (["--channel_multiple=0"], "--channel_multiple must be an int >= 1"),
+        ([f"--base_model={ROOT / 'experiments' / 'checkpoints' / 'cifar10_resnet20.keras'}",
+          "--early_exit", "--channel_multiple=8", "--output_dir=x"],
+         "applies to S2DNAS architectures"),
     ],
 )
 def test_train_dynamic_flag_errors_exit_2(args, expected, tmp_path):

@@ -107,6 +107,26 @@ def test_same_seed_same_architectures_and_cache(tmp_path, space, searcher):
     assert {"step", "tokens", "reward", "val_accuracy", "avg_flops", "seconds"} <= set(log[0])
 
 
+@pytest.mark.parametrize("searcher", ["rl", "random"])
+def test_token_lists_of_one_network_are_evaluated_once(tmp_path, searcher):
+    """With a channel multiple, several token lists build the same network: the search pays
+    for each network once and counts it once."""
+    model = build_model("resnet8", input_shape=(8, 8, 1))
+    # 16/32/64 channels in blocks of 16: 1/2/4 blocks, so many token lists share a network.
+    coarse = s2d.SearchSpace.from_model(model, num_stages=3, channel_multiple=16)
+    calls = []
+    config = search.SearchConfig(searcher=searcher, num_candidates=30, batch_size=4, seed=1)
+    summary = search.run_search(
+        coarse, toy_evaluate(coarse, calls), config, str(tmp_path), log=lambda m: None
+    )
+    keys = [coarse.network_key(tokens) for tokens in calls]
+    assert len(keys) == len(set(keys)) == summary["evaluated"] == 30
+    # Not vacuous: the sampler did draw token lists of already evaluated networks.
+    assert summary["samples"] > 30
+    log = search.SearchLog(str(tmp_path / "search_log.jsonl"), key=coarse.network_key)
+    assert len(log.cache) == len(log.records) == 30
+
+
 def test_interrupted_search_resumes_without_repaying(tmp_path, space):
     """A crash in the middle of a batch (after some evaluations were logged) and a restart
     give exactly the log of an uninterrupted run, each architecture evaluated once."""

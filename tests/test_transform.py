@@ -200,6 +200,87 @@ def test_num_stages_must_be_int(resnet20):
         s2d.SearchSpace.from_model(resnet20, num_stages=2.0)
 
 
+# --- the channel multiple -----------------------------------------------------------------
+
+
+def _stage_conv_widths(net):
+    """Output channels of every stage's convolution, by stage."""
+    widths = {}
+    for layer in net.layers:
+        stage = rewriter.stage_of_layer(layer.name)
+        if stage is not None and isinstance(layer, keras.layers.Conv2D):
+            widths.setdefault(stage, []).append(int(layer.filters))
+    return widths
+
+
+def test_channel_multiple_keeps_every_stage_on_whole_blocks(resnet20):
+    plain = s2d.SearchSpace.from_model(resnet20, num_stages=3)
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3, channel_multiple=8)
+    assert "in steps of [8]" in space.describe() and "in steps of" not in plain.describe()
+    tokens = [4, 1, 0, 7, 6, 3, 0, 0]  # 5/8 of 16 channels is 10 without the multiple
+    unaligned = _stage_conv_widths(s2d.transform(resnet20, plain.decode(tokens)))
+    assert any(w % 8 for ws in unaligned.values() for w in ws)
+    for arch in [space.decode(tokens), space.default_arch()] + [space.sample(i) for i in range(4)]:
+        assert arch.channel_multiple == 8
+        for bounds in space.unit_bounds(arch).values():
+            assert all(b % 8 == 0 for b in bounds), bounds
+        net = s2d.transform(resnet20, arch)
+        widths = _stage_conv_widths(net)
+        assert widths and all(w % 8 == 0 for ws in widths.values() for w in ws), widths
+    x = helpers.images(resnet20)
+    helpers.check_stage_independence(net, x)
+    flops = s2d.stage_flops(net)
+    assert all(b > a for a, b in zip(flops, flops[1:])), flops
+
+
+def test_channel_multiple_falls_back_to_the_common_divisor():
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(12, 3, padding="same")(inputs)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(16, 3, padding="same")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4)(x))
+    space = s2d.SearchSpace.from_model(model, num_stages=2, channel_multiple=8)
+    units = {u.channels: u for u in space.analysis.units}
+    assert space.unit_quantum(units[12]) == 4 and space.unit_quantum(units[16]) == 8
+    for seed in range(6):
+        arch = space.sample(seed)
+        bounds = space.unit_bounds(arch)
+        assert all(b % 4 == 0 for b in bounds[units[12].index])
+        assert all(b % 8 == 0 for b in bounds[units[16].index])
+        net = s2d.transform(model, arch)
+        assert [tuple(o.shape) for o in net(np.zeros((1, 8, 8, 3), "float32"))] == [(1, 4)] * 2
+
+
+def test_tokens_that_round_alike_share_a_network_key(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3, channel_multiple=8)
+    plain = s2d.SearchSpace.from_model(resnet20, num_stages=3)
+    a, b = [4, 1, 0, 7, 6, 3, 0, 0], [3, 1, 0, 7, 6, 3, 0, 0]  # 10 or 8 channels -> 8
+    assert space.network_key(a) == space.network_key(b)
+    assert plain.network_key(a) != plain.network_key(b)
+    assert space.network_key(a) != space.network_key(a[:-1] + [1])  # another concat position
+
+
+def test_channel_multiple_in_arch_json_and_space_checks(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3, channel_multiple=8)
+    arch = space.sample(5)
+    data = json.loads(arch.to_json())
+    assert data["channel_multiple"] == 8 and "multiples of 8" in data["readable"]
+    assert s2d.Arch.from_json(arch.to_json()) == arch
+    del data["channel_multiple"]  # an arch.json written before the option existed
+    assert s2d.Arch.from_dict(data).channel_multiple == 1
+    with pytest.raises(ValueError, match="channel multiple 8"):
+        s2d.SearchSpace.from_model(resnet20, num_stages=3).check_arch(arch)
+    with pytest.raises(ValueError, match="channel_multiple must be >= 1"):
+        s2d.Arch.from_dict({**data, "channel_multiple": 0})
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5, True, "8"])
+def test_channel_multiple_must_be_a_positive_int(resnet20, bad):
+    with pytest.raises(ValueError, match="channel_multiple must be an int >= 1"):
+        s2d.SearchSpace.from_model(resnet20, num_stages=3, channel_multiple=bad)
+
+
 def test_partition_boundaries():
     from s2dnas_tf.rewriter import partition_boundaries
 
