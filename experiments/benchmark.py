@@ -29,6 +29,7 @@ step that was running resumes from its own last checkpoint (the commands are res
 Progress goes to stdout; run it in the background, e.g. with `nohup ... > bench.log &`.
 """
 
+import hashlib
 import json
 import os
 import platform
@@ -351,18 +352,36 @@ def _start_random_search(common_dynamic: list[str]):
     return subprocess.Popen(command), time.time()
 
 
+def _fingerprint(method: str, base_path: str) -> str:
+    """SHA-256 of what a method's measurements come from: its model file (static,
+    thin_static) or its report.json (the trained dynamic runs; it names their exports)."""
+    if method == "static":
+        path = base_path
+    elif method == "thin_static":
+        path = os.path.join(FLAGS.output_dir, method, "model.keras")
+    else:
+        path = os.path.join(FLAGS.output_dir, method, "report.json")
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _measure_all(names, base_path, splits, images, static_flops):
     """Every method's record. The exported models are timed together, in turns
     (`latency.time_models`), so that the machine's drift falls on all of them alike; the
     records are cached in <output_dir>/measurements.json for the same methods, images and
-    threads (delete it to measure again)."""
+    threads and the same trained models (a step redone after its directory was deleted is
+    measured again; delete the file to measure again anyway)."""
     import keras
 
     from s2dnas_tf import benchmark, count_flops, export, latency, training
 
     cache = os.path.join(FLAGS.output_dir, "measurements.json")
     key = {"methods": list(names), "num_images": len(images),
-           "threads": FLAGS.latency_threads, "tflite": FLAGS.tflite}
+           "threads": FLAGS.latency_threads, "tflite": FLAGS.tflite,
+           "models": {m: _fingerprint(m, base_path) for m in names}}
     if os.path.isfile(cache):
         with open(cache) as f:
             cached = json.load(f)

@@ -4,6 +4,7 @@ experiments/benchmark.py end to end on the built-in digits, resumed, and on bad 
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -181,7 +182,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
     args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b",
                      f"--methods={','.join(benchmark.METHODS)}", "--max_first_stage_flops=0.5",
-                     "--parallel_searches"]
+                     "--parallel_searches", "--channel_multiple=8"]
     first = run_benchmark(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "static: training resnet8 here" in first.stdout
@@ -228,6 +229,13 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert len(data["goals"]) == 7 and "--results_name=b" in data["command"]
     md = (results / "b.md").read_text()
     assert "| thin_static |" in md and "## Goals" in md
+    # --channel_multiple reaches the S2DNAS steps (and only them) and their archs.
+    assert "S2DNAS channel counts multiples of 8" in md
+    for name in ("s2dnas_rl", "s2dnas_random", "s2dnas_default", "early_exit", "static_ft"):
+        step = json.loads((out / name / "benchmark_step.json").read_text())["args"]
+        assert ("--channel_multiple=8" in step) == name.startswith("s2dnas"), name
+    for name in ("s2dnas_rl", "s2dnas_random", "s2dnas_default"):
+        assert json.loads((out / name / "arch.json").read_text())["channel_multiple"] == 8
     assert (results / "b.png").stat().st_size > 10_000
 
     # Started again: every step is done, nothing is retrained, the results are rewritten.
@@ -265,6 +273,19 @@ def test_benchmark_dynamic_methods_from_static_ft(tmp_path):
     assert report["static"]["accuracy"] == pytest.approx(methods["static_ft"]["accuracy"])
     assert "from the static_ft weights" in (results / "b.md").read_text()
 
+    # A step redone (its directory deleted, as the settings-changed error advises) is
+    # measured again, not read from the measurements cache of its deleted predecessor.
+    again = [*DIGITS, f"--output_dir={out}", f"--results_dir={results}",
+             "--methods=static,early_exit", "--dynamic_from=static_ft", "--results_name=b",
+             "--tflite=false"]
+    cached = run_benchmark(*again)
+    assert cached.returncode == 0 and "(same methods, images and threads" in cached.stdout
+    shutil.rmtree(out / "early_exit")
+    redone = run_benchmark(*again)
+    assert redone.returncode == 0, redone.stdout[-3000:] + redone.stderr[-3000:]
+    assert "(same methods, images and threads" not in redone.stdout
+    assert "measuring:" in redone.stdout
+
 
 @pytest.mark.parametrize(
     "args, expected",
@@ -274,6 +295,7 @@ def test_benchmark_dynamic_methods_from_static_ft(tmp_path):
         (["--num_stages=1"], "--num_stages must be >= 2"),
         (["--max_first_stage_flops=0"], "--max_first_stage_flops must be in (0, 1]"),
         (["--latency_threads=0"], "--latency_threads must be >= 1"),
+        (["--channel_multiple=0"], "--channel_multiple must be >= 1"),
         (["--dynamic_from=thin_static"], "--dynamic_from"),
         (["--data_dir=/nonexistent"], "--data_dir must be an existing folder"),
     ],
