@@ -372,8 +372,11 @@ def plot(results: dict, path: str) -> None:
         else:
             ax.plot([m["avg_flops"] / flops], [m["accuracy"]], "s", ms=8, color=c,
                     label=LABELS[name])
-        lat.plot([m["latency_ms"]], [m["accuracy"]], "*" if name in DYNAMIC_METHODS else "s",
-                 ms=11, color=c, label=LABELS[name])
+        marker = "*" if name in DYNAMIC_METHODS else "s"
+        lat.plot([m["latency_ms"]], [m["accuracy"]], marker, ms=11, color=c, label=LABELS[name])
+        if m.get("tflite_latency_ms"):
+            lat.plot([m["tflite_latency_ms"]], [m["accuracy"]], marker, ms=11, color=c,
+                     mfc="none")
     ax.axhline(static["accuracy"] - 0.005, color="black", ls=":", lw=0.8,
                label="static - 0.5 point")
     ax.axvline(0.5, color="black", ls="--", lw=0.8)
@@ -383,8 +386,12 @@ def plot(results: dict, path: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     lat.axvline(0.6 * static["latency_ms"], color="black", ls="--", lw=0.8,
-                label="0.6x static latency")
-    lat.set_xlabel("SavedModel batch-1 latency, mean ms per image")
+                label="0.6x static (SavedModel)")
+    if static.get("tflite_latency_ms"):
+        lat.axvline(0.6 * static["tflite_latency_ms"], color="black", ls=":", lw=0.8,
+                    label="0.6x static (TFLite)")
+    lat.set_xlim(left=0)  # so the 0.6x lines never sit on the axis edge
+    lat.set_xlabel("batch-1 latency, mean ms per image (filled: SavedModel, open: TFLite)")
     lat.set_ylabel("test accuracy")
     lat.set_title("accuracy vs. measured latency")
     lat.grid(alpha=0.3)
