@@ -56,6 +56,7 @@ def main(argv):
     print(space.describe())
     print(f"tokens: {arch.tokens}")
     print(arch)
+    print(space.channel_table(arch))
     net = s2d.transform(model, arch)
     static = s2d.count_flops(model)
     print(f"static FLOPs (MACs): {static:,}")

@@ -216,7 +216,7 @@ def main(argv):
     arch = space.decode(best["tokens"])
     _say(
         f"search done: {summary['evaluated']} architectures in {summary['seconds']:.0f} s; "
-        f"best reward {best['reward']:.4f}:\n{arch}"
+        f"best reward {best['reward']:.4f}:\n{arch}\n{space.channel_table(arch)}"
     )
     cli_common.write_json(
         os.path.join(out, "arch.json"),

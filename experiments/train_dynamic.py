@@ -93,6 +93,7 @@ def main(argv):
     if arch is not None:
         print(space.describe(), flush=True)
         print(arch, flush=True)
+        print(space.channel_table(arch), flush=True)
         cli_common.write_json(os.path.join(out, "arch.json"), arch.to_dict())
     else:
         print(f"early exits after {FLAGS.num_stages} resolution stages of {base.name}", flush=True)

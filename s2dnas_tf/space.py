@@ -302,6 +302,22 @@ class SearchSpace:
             )
         return bounds
 
+    def channel_table(self, arch: Arch) -> str:
+        """The channels each stage computes in each unit group (its first unit), and those
+        of stages 1..s together: what the fractions become after rounding (to the unit's
+        quantum and the channel multiple)."""
+        self.check_arch(arch)
+        bounds = self.unit_bounds(arch)
+        units = self.analysis.units
+        lines = [f"  channels per stage (own / stages up to it) in {', '.join(self.group_labels)}:"]
+        for stage in range(1, arch.num_stages + 1):
+            cells = []
+            for group in self.analysis.groups:
+                b = bounds[units[group.units[0]].index]
+                cells.append(f"{b[stage] - b[stage - 1]}/{b[stage]}")
+            lines.append(f"  stage {stage}: {'  '.join(cells)}")
+        return "\n".join(lines)
+
     def network_key(self, tokens: Sequence[int]) -> tuple:
         """What the network of `tokens` is made of: every unit's channel boundaries and the
         concat positions. Token lists with the same key build the same network (possible

@@ -36,6 +36,8 @@ def test_describe_with_a_channel_multiple():
     assert result.returncode == 0, result.stderr
     assert "channels [16], in steps of [8]" in result.stdout
     assert "channel counts multiples of 8" in result.stdout
+    # 5/8, 2/8 and 1/8 of 16, 32 and 64 channels, rounded to blocks of 8.
+    assert "stage 1: 8/8  8/8  8/8" in result.stdout
 
 
 @pytest.mark.parametrize(
