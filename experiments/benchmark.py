@@ -72,6 +72,11 @@ flags.DEFINE_integer(
     "channel count in a unit of C channels is a multiple of gcd(C, this); 8 suits TFLite's "
     "kernels. 1: any count (the committed runs).",
 )
+flags.DEFINE_boolean(
+    "reject_idle_stages", False,
+    "The searches skip architectures with a stage that only repeats an earlier exit "
+    "(search.py's flag of the same name).",
+)
 flags.DEFINE_integer("num_candidates", 16, "Architectures each search evaluates.")
 flags.DEFINE_integer("search_batch_size", 4, "Architectures per controller update.")
 flags.DEFINE_integer("candidate_steps", 60, "Fine-tuning steps per candidate.")
@@ -321,6 +326,8 @@ def _search_args(method: str, common_dynamic: list[str]) -> list[str]:
     ] + _space_args()
     if FLAGS.max_first_stage_flops is not None:
         args.append(f"--max_first_stage_flops={FLAGS.max_first_stage_flops}")
+    if FLAGS.reject_idle_stages:  # only when set: older run directories keep matching
+        args.append("--reject_idle_stages")
     return args
 
 

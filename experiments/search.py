@@ -42,6 +42,12 @@ flags.DEFINE_float(
     "Only search architectures whose first stage costs at most this fraction of the static "
     "model's FLOPs (e.g. half of --flops_budget); unset: no cap.",
 )
+flags.DEFINE_boolean(
+    "reject_idle_stages", False,
+    "Only search architectures in which every stage adds channels where the classifier "
+    "reads (SearchSpace.idle_stages); otherwise a stage can end up repeating an earlier "
+    "exit, which a channel multiple makes common.",
+)
 flags.DEFINE_integer("candidate_epochs", 1, "Fine-tuning epochs per candidate.")
 flags.DEFINE_integer("candidate_steps", None, "Cap on fine-tuning steps per candidate epoch.")
 flags.DEFINE_float("candidate_learning_rate", 0.01, "Learning rate of the candidates' fine-tune.")
@@ -89,6 +95,13 @@ _OUTPUT_DIRS = ("base", "candidates", "final", "saved_model")
 
 def _say(message: str) -> None:
     print(message, flush=True)
+
+
+def _warn_idle(space, arch) -> None:
+    idle = space.idle_stages(arch)
+    if idle:
+        _say(f"note: stage(s) {idle} add no channels where the classifier reads, so their "
+             "exits repeat the stage before (--reject_idle_stages keeps such archs out)")
 
 
 def main(argv):
@@ -207,6 +220,7 @@ def main(argv):
             num_candidates=FLAGS.num_candidates,
             batch_size=FLAGS.search_batch_size,
             seed=FLAGS.seed,
+            reject_idle_stages=FLAGS.reject_idle_stages,
         ),
         out,
         log=_say,
@@ -218,6 +232,7 @@ def main(argv):
         f"search done: {summary['evaluated']} architectures in {summary['seconds']:.0f} s; "
         f"best reward {best['reward']:.4f}:\n{arch}\n{space.channel_table(arch)}"
     )
+    _warn_idle(space, arch)
     cli_common.write_json(
         os.path.join(out, "arch.json"),
         {**arch.to_dict(), "search": best, "summary": {k: v for k, v in summary.items()

@@ -126,6 +126,9 @@ class SearchConfig:
             controller keeps re-sampling cached architectures; a constraint rejects some).
         inadmissible_reward: The controller's reward for a sample `admissible` rejects.
         max_rejections_factor: Stop after this many rejected samples per candidate.
+        reject_idle_stages: Treat an arch with a stage that only repeats an earlier exit
+            (`SearchSpace.idle_stages`) as inadmissible, so every stage of the chosen net
+            adds channels.
     """
 
     searcher: str = "rl"
@@ -135,6 +138,7 @@ class SearchConfig:
     max_samples_factor: int = 10
     inadmissible_reward: float = 0.0
     max_rejections_factor: int = 200
+    reject_idle_stages: bool = False
 
     def validate(self) -> None:
         if self.searcher not in SEARCHERS:
@@ -223,6 +227,14 @@ def run_search(
             was evaluated (the constraint excludes (almost) the whole space).
     """
     config.validate()
+    if config.reject_idle_stages:
+        constraint = admissible
+
+        def admissible(arch: Arch) -> bool:
+            if space.idle_stages(arch):
+                return False
+            return constraint is None or bool(constraint(arch))
+
     os.makedirs(output_dir, exist_ok=True)
     search_log = SearchLog(os.path.join(output_dir, "search_log.jsonl"), key=space.network_key)
     state_path = os.path.join(output_dir, "controller.json")

@@ -302,6 +302,19 @@ class SearchSpace:
             )
         return bounds
 
+    def idle_stages(self, arch: Arch) -> list[int]:
+        """Stages s >= 2 that compute no channel of their own in the unit the classifier
+        reads: their exit sees exactly stage s-1's features (anything they compute earlier
+        is cut off), so they only repeat an earlier exit. Rounding makes such archs common
+        with a channel multiple (e.g. stage 2 already at 64 of 64 channels in the last
+        group). Empty if the classifier's input is not a split unit (nothing to tell)."""
+        self.check_arch(arch)
+        unit = self.analysis.unit_of(self.analysis.classifier.inputs[0])
+        if unit is None:
+            return []
+        bounds = self.unit_bounds(arch)[unit.index]
+        return [s for s in range(2, arch.num_stages + 1) if bounds[s] == bounds[s - 1]]
+
     def channel_table(self, arch: Arch) -> str:
         """The channels each stage computes in each unit group (its first unit), and those
         of stages 1..s together: what the fractions become after rounding (to the unit's

@@ -182,7 +182,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
     args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b",
                      f"--methods={','.join(benchmark.METHODS)}", "--max_first_stage_flops=0.5",
-                     "--parallel_searches", "--channel_multiple=8"]
+                     "--parallel_searches", "--channel_multiple=8", "--reject_idle_stages"]
     first = run_benchmark(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "static: training resnet8 here" in first.stdout
@@ -234,6 +234,9 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     for name in ("s2dnas_rl", "s2dnas_random", "s2dnas_default", "early_exit", "static_ft"):
         step = json.loads((out / name / "benchmark_step.json").read_text())["args"]
         assert ("--channel_multiple=8" in step) == name.startswith("s2dnas"), name
+    for name in ("s2dnas_rl", "s2dnas_random"):
+        step = json.loads((out / name / "benchmark_step.json").read_text())["args"]
+        assert "--reject_idle_stages" in step, name
     for name in ("s2dnas_rl", "s2dnas_random", "s2dnas_default"):
         assert json.loads((out / name / "arch.json").read_text())["channel_multiple"] == 8
     assert (results / "b.png").stat().st_size > 10_000

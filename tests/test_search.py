@@ -127,6 +127,18 @@ def test_token_lists_of_one_network_are_evaluated_once(tmp_path, searcher):
     assert len(log.cache) == len(log.records) == 30
 
 
+@pytest.mark.parametrize("searcher", ["rl", "random"])
+def test_reject_idle_stages(tmp_path, space, searcher):
+    calls = []
+    config = search.SearchConfig(searcher=searcher, num_candidates=8, batch_size=4, seed=2,
+                                 reject_idle_stages=True)
+    summary = search.run_search(
+        space, toy_evaluate(space, calls), config, str(tmp_path), log=lambda m: None
+    )
+    assert len(calls) == 8 and summary["rejected"] > 0  # uniform draws are often idle
+    assert all(space.idle_stages(space.decode(tokens)) == [] for tokens in calls)
+
+
 def test_interrupted_search_resumes_without_repaying(tmp_path, space):
     """A crash in the middle of a batch (after some evaluations were logged) and a restart
     give exactly the log of an uninterrupted run, each architecture evaluated once."""

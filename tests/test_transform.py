@@ -275,6 +275,21 @@ def test_channel_multiple_in_arch_json_and_space_checks(resnet20):
         s2d.Arch.from_dict({**data, "channel_multiple": 0})
 
 
+def test_idle_stages_repeat_an_earlier_exit(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3, channel_multiple=8)
+    # Stage 2 already sees 64 of the 64 channels the classifier reads: stage 3 adds none.
+    idle = space.decode([5, 2, 0, 5, 6, 7, 1, 2])
+    assert space.idle_stages(idle) == [3]
+    assert space.idle_stages(space.decode([4, 1, 0, 7, 6, 3, 0, 0])) == []
+    net = s2d.transform(resnet20, idle)
+    x = helpers.images(resnet20)
+    outs = [np.asarray(o) for o in net(x)]
+    # Its exit reads stage 2's features, with a classifier of its own (inherited alike).
+    np.testing.assert_allclose(outs[2], outs[1], rtol=1e-5, atol=1e-5)
+    flops = s2d.stage_flops(net)
+    assert flops[2] - flops[1] == int(resnet20.layers[-1].kernel.shape[0]) * 10
+
+
 @pytest.mark.parametrize("bad", [0, -8, 2.5, True, "8"])
 def test_channel_multiple_must_be_a_positive_int(resnet20, bad):
     with pytest.raises(ValueError, match="channel_multiple must be an int >= 1"):
