@@ -120,8 +120,8 @@ flags.DEFINE_string("output_dir", None, "Where the methods' runs go.")
 flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
 flags.DEFINE_string("results_name", None, "Results file name (default: <dataset>_<model>).")
 flags.mark_flag_as_required("output_dir")
-for _name in ("channel_multiple", "base_epochs", "num_candidates", "search_batch_size", "candidate_steps",
-              "epochs", "batch_size"):
+for _name in ("channel_multiple", "base_epochs", "num_candidates", "search_batch_size",
+              "candidate_steps", "epochs", "batch_size"):
     flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1.")
 flags.register_validator("latency_warmup", lambda v: v >= 0, "--latency_warmup must be >= 0.")
 flags.register_validator("latency_threads", lambda v: v >= 1, "--latency_threads must be >= 1.")

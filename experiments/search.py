@@ -97,13 +97,6 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _warn_idle(space, arch) -> None:
-    idle = space.idle_stages(arch)
-    if idle:
-        _say(f"note: stage(s) {idle} add no channels where the classifier reads, so their "
-             "exits repeat the stage before (--reject_idle_stages keeps such archs out)")
-
-
 def main(argv):
     del argv
     cli_common.configure_logical_cpus(FLAGS.logical_cpus)
@@ -232,7 +225,6 @@ def main(argv):
         f"search done: {summary['evaluated']} architectures in {summary['seconds']:.0f} s; "
         f"best reward {best['reward']:.4f}:\n{arch}\n{space.channel_table(arch)}"
     )
-    _warn_idle(space, arch)
     cli_common.write_json(
         os.path.join(out, "arch.json"),
         {**arch.to_dict(), "search": best, "summary": {k: v for k, v in summary.items()

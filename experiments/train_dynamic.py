@@ -94,9 +94,6 @@ def main(argv):
         print(space.describe(), flush=True)
         print(arch, flush=True)
         print(space.channel_table(arch), flush=True)
-        if space.idle_stages(arch):
-            print(f"note: stage(s) {space.idle_stages(arch)} add no channels where the "
-                  "classifier reads, so their exits repeat the stage before", flush=True)
         cli_common.write_json(os.path.join(out, "arch.json"), arch.to_dict())
     else:
         print(f"early exits after {FLAGS.num_stages} resolution stages of {base.name}", flush=True)

@@ -80,14 +80,12 @@ class MultiStageNet(keras.Model):
 class _Builder:
     """Implements rules.BuildContext for one (analysis, arch) pair."""
 
-    def __init__(self, analysis: analysis_lib.Analysis, arch: space_lib.Arch):
+    def __init__(self, space: space_lib.SearchSpace, arch: space_lib.Arch):
+        analysis = space.analysis
         self.analysis = analysis
         self.graph = analysis.graph
         self.arch = arch
         self.num_stages = arch.num_stages
-        space = space_lib.SearchSpace(
-            analysis, arch.num_stages, arch.grid, arch.channel_multiple
-        )
         by_index = space.unit_bounds(arch)
         self._bounds = {unit.root: by_index[unit.index] for unit in analysis.units}
 
@@ -183,7 +181,7 @@ def transform(model: keras.Model, arch: space_lib.Arch) -> keras.Model:
     analysis = analysis_lib.analyse(model)
     space = space_lib.SearchSpace(analysis, arch.num_stages, arch.grid, arch.channel_multiple)
     space.check_arch(arch)
-    return _Builder(analysis, arch).build()
+    return _Builder(space, arch).build()
 
 
 def to_static(net: keras.Model, model: keras.Model) -> keras.Model:

@@ -318,7 +318,7 @@ class SearchSpace:
     def channel_table(self, arch: Arch) -> str:
         """The channels each stage computes in each unit group (its first unit), and those
         of stages 1..s together: what the fractions become after rounding (to the unit's
-        quantum and the channel multiple)."""
+        quantum and the channel multiple); plus a note naming any `idle_stages`."""
         self.check_arch(arch)
         bounds = self.unit_bounds(arch)
         units = self.analysis.units
@@ -329,6 +329,13 @@ class SearchSpace:
                 b = bounds[units[group.units[0]].index]
                 cells.append(f"{b[stage] - b[stage - 1]}/{b[stage]}")
             lines.append(f"  stage {stage}: {'  '.join(cells)}")
+        idle = self.idle_stages(arch)
+        if idle:
+            lines.append(
+                f"  note: stage(s) {idle} add no channels where the classifier reads, so "
+                "their exits repeat the stage before (search.py --reject_idle_stages keeps "
+                "such archs out)"
+            )
         return "\n".join(lines)
 
     def network_key(self, tokens: Sequence[int]) -> tuple:

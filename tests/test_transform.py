@@ -281,6 +281,8 @@ def test_idle_stages_repeat_an_earlier_exit(resnet20):
     idle = space.decode([5, 2, 0, 5, 6, 7, 1, 2])
     assert space.idle_stages(idle) == [3]
     assert space.idle_stages(space.decode([4, 1, 0, 7, 6, 3, 0, 0])) == []
+    assert "note: stage(s) [3] add no channels" in space.channel_table(idle)
+    assert "note:" not in space.channel_table(space.decode([4, 1, 0, 7, 6, 3, 0, 0]))
     net = s2d.transform(resnet20, idle)
     x = helpers.images(resnet20)
     outs = [np.asarray(o) for o in net(x)]
