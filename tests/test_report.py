@@ -14,47 +14,90 @@ from s2dnas_tf import calibration, report
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def constructed(n=400, seed=0):
-    """3 stages: stage 1 right and confident on the first half, unsure elsewhere; stage 2
-    right on 3/4; stage 3 right everywhere."""
+def constructed(n=400, seed=0, right_fractions=(0.5, 0.75, 1.0), stage1_confidence=0.95):
+    """Stage outputs [3, n, 4] with a known answer.
+
+    Stage s is right on the first `right_fractions[s]` of the samples and wrong (on the next
+    class) elsewhere. Stage 1 is confident where it is right (max probability
+    `stage1_confidence` / (`stage1_confidence` + 0.3): 0.76 by default) and unsure where it
+    is wrong (0.4); stages 2 and 3 have max probability 0.7 everywhere.
+    """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 4, n)
     probs = np.full((3, n, 4), 0.1)
-    for s, right in enumerate([n // 2, 3 * n // 4, n]):
+    for s, fraction in enumerate(right_fractions):
+        right = int(fraction * n)
         wrong = (labels + 1) % 4
         target = np.where(np.arange(n) < right, labels, wrong)
-        conf = 0.95 if s == 0 else 0.7
+        conf = stage1_confidence if s == 0 else 0.7
         probs[s, np.arange(n), target] = conf
         probs[s] /= probs[s].sum(-1, keepdims=True)
     # Stage 1 is only confident where it is right (elsewhere: wrong, probability 0.4).
-    rest = np.arange(n // 2, n)
+    rest = np.arange(int(right_fractions[0] * n), n)
     probs[0, rest] = 0.2
     probs[0, rest, (labels[rest] + 1) % 4] = 0.4
     return probs, labels
 
 
 def test_build_report_fields_and_honest_split():
-    probs, labels = constructed()
+    """Thresholds come from validation, every figure from test.
+
+    The two splits differ so that swapping them shows: on test, stage 1 is right on a
+    quarter of the samples (not half) and less confident there (0.67, below validation's
+    0.76), so validation's thresholds let nobody exit early on test, whereas thresholds
+    calibrated on test would (the guard below checks that they would).
+    """
+    val_probs, val_labels = constructed()
+    test_probs, test_labels = constructed(
+        n=200, seed=1, right_fractions=(0.25, 0.5, 1.0), stage1_confidence=0.6
+    )
     stage_flops = [10, 30, 100]
     result = report.build_report(
         dataset="toy", model="m", static_accuracy=1.0, static_flops=100,
-        stage_flops=stage_flops, val_probs=probs, val_labels=labels,
-        test_probs=probs, test_labels=labels, flops_budget_ratio=0.6,
+        stage_flops=stage_flops, val_probs=val_probs, val_labels=val_labels,
+        test_probs=test_probs, test_labels=test_labels, flops_budget_ratio=0.6,
     )
     assert result["num_stages"] == 3
     assert result["static"] == {"accuracy": 1.0, "flops": 100}
     dyn = result["dynamic"]
-    assert dyn["avg_flops"] <= 60 + 1e-9
-    assert dyn["flops_ratio"] == pytest.approx(dyn["avg_flops"] / 100)
-    assert sum(dyn["exit_fractions"]) == pytest.approx(1.0)
     assert dyn["stage_flops"] == stage_flops
-    best = calibration.calibrate_for_budget(probs, labels, stage_flops, 60)
-    assert dyn["accuracy"] == best.accuracy
-    # Oracle: half exit at 1, a quarter at 2, the rest at 3 -> 0.5*10 + 0.25*30 + 0.25*100
-    assert result["oracle"] == {"accuracy": 1.0, "avg_flops": pytest.approx(37.5)}
-    flops = [p["avg_flops"] for p in result["curve"]]
-    assert flops == sorted(flops) and all("threshold_set" in p for p in result["curve"])
-    assert result["stage_accuracy"] == [0.5, 0.75, 1.0]
+    assert dyn["flops_ratio"] == pytest.approx(dyn["avg_flops"] / 100)
+    # Validation: the confident half exits at stage 1, the rest runs to stage 3, so the
+    # average is 0.5 * 10 + 0.5 * 100 = 55 <= 60 with every answer right.
+    on_val = calibration.calibrate_for_budget(val_probs, val_labels, stage_flops, 60)
+    assert (on_val.accuracy, on_val.avg_flops) == (1.0, 55.0)
+    assert dyn["thresholds"] == list(on_val.thresholds)
+    assert dyn["validation_accuracy"] == on_val.accuracy == 1.0
+    assert dyn["budget_met_on_validation"] is True
+    # Test, under validation's thresholds: stage 1's 0.67 is below tau_1 = 0.76 and stage
+    # 2 never exits, so every sample runs to stage 3 (right, 100 FLOPs).
+    assert dyn["exit_fractions"] == [0.0, 0.0, 1.0]
+    assert (dyn["accuracy"], dyn["avg_flops"]) == (1.0, 100.0)
+    # Guard: thresholds calibrated on test would have given another report.
+    on_test = calibration.calibrate_for_budget(test_probs, test_labels, stage_flops, 60)
+    assert list(on_test.exit_fractions) != dyn["exit_fractions"]
+    assert on_test.avg_flops <= 60 < dyn["avg_flops"]
+    # Oracle on test: a quarter exits at 1, a quarter at 2, half at 3 -> 2.5 + 7.5 + 50.
+    # (On validation it would be 0.5 * 10 + 0.25 * 30 + 0.25 * 100 = 37.5.)
+    assert result["oracle"] == {"accuracy": 1.0, "avg_flops": pytest.approx(60.0)}
+    assert result["stage_accuracy"] == [0.25, 0.5, 1.0]
+    # Curve: validation's Pareto front, each threshold set measured on test.
+    val_front = calibration.accuracy_flops_curve(val_probs, val_labels, stage_flops)
+    expected = sorted(
+        (
+            calibration.evaluate_policy(test_probs, test_labels, stage_flops, p.thresholds)
+            for p in val_front
+        ),
+        key=lambda p: p.avg_flops,
+    )
+    assert [tuple(p["threshold_set"]) for p in result["curve"]] == [
+        p.thresholds for p in expected
+    ]
+    assert [(p["accuracy"], p["avg_flops"]) for p in result["curve"]] == [
+        (p.accuracy, p.avg_flops) for p in expected
+    ]
+    test_front = calibration.accuracy_flops_curve(test_probs, test_labels, stage_flops)
+    assert {p.thresholds for p in test_front} != {p.thresholds for p in val_front}
     json.dumps(result)
 
 
