@@ -20,6 +20,7 @@ import dataclasses
 
 import keras
 
+from s2dnas_tf import conventions
 from s2dnas_tf import graph as graph_lib
 from s2dnas_tf import rules as rules_lib
 
@@ -313,13 +314,8 @@ class Analysis:
         return nominal
 
 
-def is_softmax_layer(layer) -> bool:
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    if isinstance(layer, keras.layers.Activation):
-        act = getattr(layer.activation, "__name__", "")
-        return act == "softmax"
-    return False
+# Kept importable from here; the one definition is in conventions.
+is_softmax_layer = conventions.is_softmax_layer
 
 
 def _is_tail_layer(layer) -> bool:

@@ -16,8 +16,8 @@ import math
 
 import keras
 
+from s2dnas_tf import conventions
 from s2dnas_tf import graph as graph_lib
-from s2dnas_tf.analysis import is_softmax_layer
 from s2dnas_tf.rewriter import MultiStageNet
 
 # SDN's internal classifiers pool a feature map to a small grid before a linear layer;
@@ -110,41 +110,34 @@ def attach_exits(model: keras.Model, num_stages: int | None = None) -> keras.Mod
             "one; cannot place an exit there."
         )
 
+    def step(node, inputs):
+        if out_key in node.outputs and conventions.is_softmax_layer(node.layer):
+            return inputs  # stages output logits: the softmax is dropped
+        overrides = {}
+        if out_key in node.outputs and conventions.has_softmax_activation(node.layer):
+            overrides["activation"] = "linear"
+        stage = stage_of_node[node.index]
+        name = conventions.stage_layer_name(stage, node.name)
+        return graph_lib.copy_call(node, inputs, name=name, **overrides)
+
     num_classes = int(out_shape[-1])
     images = keras.Input(shape=graph.tensors[in_key].shape[1:], name="images")
-    values = {in_key: images}
-    copies = []
-    for node in graph.nodes:
-        stage = stage_of_node[node.index]
-        inputs = [values[k] for k in node.inputs]
-        layer = node.layer
-        if out_key in node.outputs and is_softmax_layer(layer):
-            values[out_key] = inputs[0]  # stages output logits: the softmax is dropped
-            continue
-        clone = None  # a keras.ops call is replayed as is (no weights, no name of ours)
-        if isinstance(layer, keras.layers.Layer):
-            overrides = {}
-            if out_key in node.outputs and layer.get_config().get("activation") == "softmax":
-                overrides["activation"] = "linear"
-            clone = graph_lib.clone_layer(layer, f"stage{stage}_{node.name}", **overrides)
-            copies.append((clone, layer))
-        values.update(zip(node.outputs, graph_lib.replay(node, inputs, clone)))
-    for clone, layer in copies:
-        clone.set_weights(layer.get_weights())
+    values = graph_lib.rebuild(graph, step, {in_key: images})
 
     heads = []
     for s in range(1, num_stages):
         feature = values[exit_keys[s]]
         height, width = (int(d) for d in feature.shape[1:3])
         pool = (max(1, math.ceil(height / EXIT_GRID)), max(1, math.ceil(width / EXIT_GRID)))
-        x = keras.layers.AveragePooling2D(pool, padding="same", name=f"stage{s}_exit_pool")(
-            feature
-        )
+        x = keras.layers.AveragePooling2D(
+            pool, padding="same", name=conventions.stage_layer_name(s, "exit_pool")
+        )(feature)
         # The backbone's features are not normalised where they leave a resolution stage;
         # without this BatchNormalization the fresh heads' gradients wreck the pretrained
         # backbone at the learning rates S2DNAS trains with (measured: 77% -> 10% in 20 steps).
-        x = keras.layers.BatchNormalization(name=f"stage{s}_exit_bn")(x)
-        x = keras.layers.Flatten(name=f"stage{s}_exit_flatten")(x)
-        heads.append(keras.layers.Dense(num_classes, name=f"stage{s}_exit_logits")(x))
+        x = keras.layers.BatchNormalization(name=conventions.stage_layer_name(s, "exit_bn"))(x)
+        x = keras.layers.Flatten(name=conventions.stage_layer_name(s, "exit_flatten"))(x)
+        logits = keras.layers.Dense(num_classes, name=conventions.stage_layer_name(s, "exit_logits"))
+        heads.append(logits(x))
     heads.append(values[out_key])
     return MultiStageNet(images, heads, name=f"{graph.model_name}_early_exit{num_stages}")

@@ -24,9 +24,10 @@ the convention leaves out. Weightless layers of the known kinds above (activatio
 pooling, merges, reshapes, ...) are not listed there: their omission is the
 convention itself.
 
-A nested `keras.Model` used as a layer is expanded into its own layers, with keys
-`"<nested model name>/<layer name>"`; a layer or nested model called several times
-in the graph is counted once per call.
+The model's structure comes from `graph.trace` (the package's one graph walk): a nested
+`keras.Model` used as a layer is expanded into its own layers, with keys
+`"<nested model name>/<layer name>"`; a layer or nested model called several times in the
+graph is counted once per call.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from typing import Any
 
 import keras
 from keras import layers
+
+from s2dnas_tf import graph as graph_lib
 
 __all__ = [
     "count_flops",
@@ -218,7 +221,7 @@ def _check_model(model: Any) -> None:
             "model a `keras.Input` or calling `model.build(input_shape)`. "
             f"Received: model={model.name!r} (not built)"
         )
-    if not _has_graph(model):
+    if not graph_lib.is_graph_model(model):
         raise TypeError(
             "Expected a functional or Sequential model, whose graph can be walked; "
             "a subclassed model (or a Sequential model whose layers could not be "
@@ -227,16 +230,18 @@ def _check_model(model: Any) -> None:
         )
 
 
-def _leaf_calls(
-    model: keras.Model, inputs: list[Any] | None = None, prefix: str = ""
-) -> Iterator[tuple[str, Any, Any, Any]]:
+def _leaf_calls(model: keras.Model) -> Iterator[tuple[str, Any, Any, Any]]:
     """Yields `(name, layer, input_shape, output_shape)` per leaf layer call."""
-    for operation, call_inputs, call_outputs in _graph_calls(model, inputs):
-        name = prefix + operation.name
-        if isinstance(operation, keras.Model) and _has_graph(operation):
-            yield from _leaf_calls(operation, call_inputs, prefix=name + "/")
-            continue
-        yield name, operation, _shapes(call_inputs), _shapes(call_outputs)
+    graph = graph_lib.trace(
+        model, single_input=False, single_output=False, allow_shared=True
+    )
+    for node in graph.nodes:
+        yield (
+            node.name,
+            node.layer,
+            _shapes([graph.tensors[k] for k in node.inputs]),
+            _shapes([graph.tensors[k] for k in node.outputs]),
+        )
 
 
 def _shapes(tensors: list[Any]) -> Any:
@@ -265,72 +270,3 @@ def _known_product(layer: Any, dims: Sequence[int | None], shape: Shape) -> int:
             f"Received: shape={tuple(shape)!r}"
         )
     return math.prod(dims)
-
-
-def _has_graph(model: keras.Model) -> bool:
-    return _graph_nodes(model) is not None
-
-
-def _graph_nodes(model: keras.Model) -> list[Any] | None:
-    """Returns the nodes (calls) of `model`'s graph in topological order, or `None`.
-
-    The only function in this module that reads private Keras attributes: Keras 3
-    has no public API to list the calls of a functional graph. `keras.src` walks it
-    the same way (`ops/function.py`, `models/cloning.py`).
-    """
-    # `_functional`: the Functional model a built Sequential keeps its graph in.
-    graph = model._functional if isinstance(model, keras.Sequential) else model
-    # `_nodes_by_depth`: set on every functional model (by its base class
-    # `keras.src.ops.function.Function`); subclassed models lack it. It holds this
-    # graph's nodes only (a shared layer's calls in other models are not in it),
-    # keyed by distance from the outputs.
-    nodes_by_depth = getattr(graph, "_nodes_by_depth", None)
-    if nodes_by_depth is None:
-        return None
-    return [
-        node
-        for depth in sorted(nodes_by_depth, reverse=True)
-        for node in nodes_by_depth[depth]
-    ]
-
-
-def _graph_calls(
-    model: keras.Model, inputs: list[Any] | None = None
-) -> Iterator[tuple[Any, list[Any], list[Any]]]:
-    """Yields `(operation, input_tensors, output_tensors)` for each call in the graph.
-
-    Calls come in topological order, one per node, so an operation called twice
-    appears twice. The tensors are the `KerasTensor`s recorded in the graph, unless
-    `inputs` (the tensors a nested model is called on in an outer graph) have other
-    static shapes than the model's own inputs, e.g. a backbone built with
-    `input_shape=(None, None, 3)` called on a 64x64 image: then each call whose input
-    shapes differ has its outputs re-derived with `compute_output_spec`.
-    """
-    # Recorded tensor id -> the tensor (spec) it stands for in this call of `model`.
-    actual = {}
-    if inputs is not None:
-        actual.update({id(ref): x for ref, x in zip(model.inputs, inputs)})
-    # `keras.src.ops.node.Node` is not exported, but its attributes used below
-    # (`is_input`, `operation`, `input_tensors`, `output_tensors`, `arguments`) are
-    # public ones of that class.
-    for node in _graph_nodes(model):
-        if node.is_input:
-            continue
-        recorded_inputs = node.input_tensors
-        call_inputs = [actual.get(id(x), x) for x in recorded_inputs]
-        call_outputs = node.output_tensors
-        if any(
-            tuple(x.shape)[1:] != tuple(ref.shape)[1:]
-            for x, ref in zip(call_inputs, recorded_inputs)
-        ):
-            # `Node.arguments.fill_in`: rebuilds the call's (args, kwargs) with
-            # tensors substituted by id, as `Function._run_through_graph` does.
-            args, kwargs = node.arguments.fill_in(
-                {id(ref): x for ref, x in zip(recorded_inputs, call_inputs)}
-            )
-            call_outputs = keras.tree.flatten(
-                node.operation.compute_output_spec(*args, **kwargs)
-            )
-            for ref, x in zip(node.output_tensors, call_outputs):
-                actual[id(ref)] = x
-        yield node.operation, call_inputs, list(call_outputs)

@@ -11,53 +11,18 @@ same class and config, whose weights are slices of the original's.
 
 from __future__ import annotations
 
-import re
-
 import keras
 import numpy as np
 
 from s2dnas_tf import analysis as analysis_lib
-from s2dnas_tf import graph as graph_lib
+from s2dnas_tf import conventions
 from s2dnas_tf import flops as flops_lib
+from s2dnas_tf import graph as graph_lib
 from s2dnas_tf import rules as rules_lib
 from s2dnas_tf import space as space_lib
 
-_STAGE_NAME = re.compile(r"^stage(\d+)_")
-
-
-def partition_boundaries(
-    channels: int, quantum: int, fractions: list[int], grid: int
-) -> list[int]:
-    """Channel boundaries b_0=0 <= b_1 <= ... <= b_S=channels of one unit.
-
-    Stage s gets channels [b_{s-1}, b_s). Boundaries are multiples of `quantum`, stage 1 gets
-    at least one quantum, and a stage whose fraction grows gets at least one quantum when
-    there are enough channels.
-
-    Args:
-        channels: Channels of the unit.
-        quantum: Boundaries are multiples of this.
-        fractions: Cumulative fractions (in 1..grid) of stages 1..S-1.
-        grid: The fraction denominator.
-
-    Returns:
-        The S+1 boundaries.
-    """
-    quanta = channels // quantum
-    full = list(fractions) + [grid]
-    grows = [True] + [full[i] > full[i - 1] for i in range(1, len(full))]
-    bounds = [0]
-    for s in range(len(full) - 1):
-        target = int(full[s] * quanta / grid + 0.5)  # round half up, predictably
-        low = bounds[-1] + (1 if grows[s] else 0)
-        high = quanta - sum(grows[s + 1 :])
-        if low <= high:
-            value = min(max(target, low), high)
-        else:  # too few channels for every growing stage: stage 1 first, then in order
-            value = max(bounds[-1] + (1 if s == 0 else 0), min(target, high))
-        bounds.append(min(max(value, bounds[-1]), quanta))
-    bounds.append(quanta)
-    return [b * quantum for b in bounds]
+# Kept importable from here (tests and user code call rewriter.stage_of_layer).
+stage_of_layer = conventions.stage_of_layer
 
 
 @keras.saving.register_keras_serializable(package="s2dnas_tf")
@@ -78,7 +43,9 @@ class MultiStageNet(keras.Model):
 
 
 class _Builder:
-    """Implements rules.BuildContext for one (analysis, arch) pair."""
+    """Split + concat for one (analysis, arch) pair: a `graph.rebuild` step whose values are
+    per-stage slices (`rules.Piece`s, or one `rules.Shared` tensor before any channel-mixing
+    layer); implements `rules.BuildContext` for the layer rules it calls."""
 
     def __init__(self, space: space_lib.SearchSpace, arch: space_lib.Arch):
         analysis = space.analysis
@@ -88,6 +55,7 @@ class _Builder:
         self.num_stages = arch.num_stages
         by_index = space.unit_bounds(arch)
         self._bounds = {unit.root: by_index[unit.index] for unit in analysis.units}
+        self._tail = {n.index for n in analysis.tail}
 
     def unit_bounds(self, unit: analysis_lib.Unit) -> list[int]:
         return self._bounds[unit.root]
@@ -113,44 +81,42 @@ class _Builder:
         return graph_lib.clone_layer(layer, name, **config)
 
     def name(self, node, stage: int, suffix: str = "") -> str:
-        return f"stage{stage}_{node.name}{suffix}"
+        return conventions.stage_layer_name(stage, node.name, suffix)
+
+    def step(self, node, inputs: list) -> list:
+        """The `graph.rebuild` step of split + concat: one node's per-stage layers."""
+        ana = self.analysis
+        rule = ana.rules.get(node.index)
+        if node is ana.classifier:
+            (value,) = inputs
+            num_classes = self.graph.tensors[node.outputs[0]].channels
+            return [rule.build_head(node, value, self, num_classes)]
+        if node.index in self._tail:
+            # After the classifier (e.g. Flatten after a 1x1-conv classifier), per stage;
+            # a softmax is dropped: stages output logits.
+            (heads,) = inputs
+            if conventions.is_softmax_layer(node.layer):
+                return [heads]
+            return [
+                [
+                    rules_lib.Piece(
+                        self.clone(node.layer, self.name(node, stage))(head.tensor), head.idx
+                    )
+                    for stage, head in enumerate(heads, start=1)
+                ]
+            ]
+        if all(isinstance(v, rules_lib.Shared) for v in inputs) and rule.kind != "mixing":
+            return [rules_lib.Shared(rule.build_shared(node, [v.tensor for v in inputs], self))]
+        return rule.build(node, inputs, self)
 
     def build(self) -> keras.Model:
-        graph, ana = self.graph, self.analysis
+        graph = self.graph
         (in_key,) = graph.inputs
-        in_info = graph.tensors[in_key]
-        images = keras.Input(shape=in_info.shape[1:], name="images")
-        values = {in_key: rules_lib.Shared(images)}
-        tail = {id(n) for n in ana.tail}
-        heads = None
-        for node in graph.nodes:
-            if id(node) in tail:
-                continue
-            inputs = [values[k] for k in node.inputs]
-            rule = ana.rules[node.index]
-            if node is ana.classifier:
-                (value,) = inputs
-                num_classes = graph.tensors[node.outputs[0]].channels
-                heads = rule.build_head(node, value, self, num_classes)
-                continue
-            if all(isinstance(v, rules_lib.Shared) for v in inputs) and rule.kind != "mixing":
-                y = rule.build_shared(node, [v.tensor for v in inputs], self)
-                outputs = [rules_lib.Shared(y)]
-            else:
-                outputs = rule.build(node, inputs, self)
-            for key, value in zip(node.outputs, outputs):
-                values[key] = value
-        if heads is None or any(h is None for h in heads):
+        images = keras.Input(shape=graph.tensors[in_key].shape[1:], name="images")
+        values = graph_lib.rebuild(graph, self.step, {in_key: rules_lib.Shared(images)})
+        heads = values[graph.outputs[0]]
+        if not isinstance(heads, list) or any(h is None for h in heads):
             raise AssertionError("internal: a stage has no classifier input")
-        for node in ana.tail:  # e.g. Flatten after a 1x1-conv classifier; softmax is dropped
-            if analysis_lib.is_softmax_layer(node.layer):
-                continue
-            heads = [
-                rules_lib.Piece(
-                    self.clone(node.layer, self.name(node, stage))(head.tensor), head.idx
-                )
-                for stage, head in enumerate(heads, start=1)
-            ]
         return MultiStageNet(
             images,
             [h.tensor for h in heads],
@@ -222,26 +188,19 @@ def to_static(net: keras.Model, model: keras.Model) -> keras.Model:
     for node in graph_lib.trace(copy).nodes:
         if not node.layer.weights:
             continue
-        source = trained.get(f"stage1_{node.name}") or trained.get(f"shared_{node.name}")
+        stage1 = conventions.stage_layer_name(1, node.name)
+        shared = conventions.shared_layer_name(node.name)
+        source = trained.get(stage1) or trained.get(shared)
         if source is None or [tuple(w.shape) for w in source.weights] != [
             tuple(w.shape) for w in node.layer.weights
         ]:
             raise ValueError(
                 f"Expected {net.name!r} to be a one-stage network built from {model.name!r}. "
-                f"Received: no layer 'stage1_{node.name}' or 'shared_{node.name}' with the "
+                f"Received: no layer {stage1!r} or {shared!r} with the "
                 f"weight shapes of {model.name!r}'s layer {node.name!r}"
             )
         node.layer.set_weights([w.numpy() for w in source.weights])
     return copy
-
-
-def stage_of_layer(name: str) -> int | None:
-    """Stage (1-based) of a layer of a transformed model from its name; `shared_` layers
-    belong to stage 1; None for layers of neither kind (the input)."""
-    if name.startswith("shared_"):
-        return 1
-    match = _STAGE_NAME.match(name)
-    return int(match.group(1)) if match else None
 
 
 def stage_flops(net: keras.Model) -> list[int]:

@@ -35,6 +35,41 @@ from s2dnas_tf import analysis as analysis_lib
 DEFAULT_GRID = 8  # eighths, as in DESIGN §3: fine enough to matter, small enough to search
 
 
+def partition_boundaries(
+    channels: int, quantum: int, fractions: list[int], grid: int
+) -> list[int]:
+    """Channel boundaries b_0=0 <= b_1 <= ... <= b_S=channels of one unit.
+
+    Stage s gets channels [b_{s-1}, b_s). Boundaries are multiples of `quantum`, stage 1 gets
+    at least one quantum, and a stage whose fraction grows gets at least one quantum when
+    there are enough channels.
+
+    Args:
+        channels: Channels of the unit.
+        quantum: Boundaries are multiples of this.
+        fractions: Cumulative fractions (in 1..grid) of stages 1..S-1.
+        grid: The fraction denominator.
+
+    Returns:
+        The S+1 boundaries.
+    """
+    quanta = channels // quantum
+    full = list(fractions) + [grid]
+    grows = [True] + [full[i] > full[i - 1] for i in range(1, len(full))]
+    bounds = [0]
+    for s in range(len(full) - 1):
+        target = int(full[s] * quanta / grid + 0.5)  # round half up, predictably
+        low = bounds[-1] + (1 if grows[s] else 0)
+        high = quanta - sum(grows[s + 1 :])
+        if low <= high:
+            value = min(max(target, low), high)
+        else:  # too few channels for every growing stage: stage 1 first, then in order
+            value = max(bounds[-1] + (1 if s == 0 else 0), min(target, high))
+        bounds.append(min(max(value, bounds[-1]), quanta))
+    bounds.append(quanta)
+    return [b * quantum for b in bounds]
+
+
 @dataclasses.dataclass(frozen=True)
 class Arch:
     """One multi-stage architecture.
@@ -292,12 +327,10 @@ class SearchSpace:
     def unit_bounds(self, arch: Arch) -> dict[int, list[int]]:
         """Unit index -> its S+1 channel boundaries under `arch` (stage s gets channels
         [b_{s-1}, b_s))."""
-        from s2dnas_tf import rewriter  # rewriter imports this module
-
         bounds = {}
         for unit in self.analysis.units:
             fractions = [arch.fractions[s][unit.group] for s in range(arch.num_stages - 1)]
-            bounds[unit.index] = rewriter.partition_boundaries(
+            bounds[unit.index] = partition_boundaries(
                 unit.channels, self.unit_quantum(unit), fractions, arch.grid
             )
         return bounds

@@ -299,7 +299,7 @@ def test_channel_multiple_must_be_a_positive_int(resnet20, bad):
 
 
 def test_partition_boundaries():
-    from s2dnas_tf.rewriter import partition_boundaries
+    from s2dnas_tf.space import partition_boundaries
 
     assert partition_boundaries(16, 1, [3, 5], 8) == [0, 6, 10, 16]
     assert partition_boundaries(16, 1, [8, 8], 8) == [0, 16, 16, 16]
@@ -436,7 +436,7 @@ def test_input_normalization_is_shared_by_all_stages():
 
 
 def test_partition_boundaries_properties():
-    from s2dnas_tf.rewriter import partition_boundaries
+    from s2dnas_tf.space import partition_boundaries
 
     rng = np.random.default_rng(0)
     for _ in range(500):
