@@ -234,7 +234,7 @@ def test_later_stages_run_only_for_samples_left(base, space, digits, monkeypatch
     """Counts, in the graph, the images each stage model is run on."""
     net = s2d.transform(base, space.default_arch())
     counters = [tf.Variable(0, dtype=tf.int32) for _ in range(NUM_STAGES)]
-    call_stage = export._call_stage
+    call_stage = export.call_stage
 
     def counting_call_stage(stage, inputs):
         outputs = call_stage(stage, inputs)
