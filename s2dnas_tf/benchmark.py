@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from s2dnas_tf import fileio
 from s2dnas_tf import latency as latency_lib
 
 METHODS = (
@@ -397,7 +398,6 @@ def plot(results: dict, path: str) -> None:
     lat.grid(alpha=0.3)
     lat.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with fileio.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -24,12 +24,13 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import os
 from typing import Callable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from s2dnas_tf import fileio
 
 KINDS = ("fraction", "concat")  # the decision types of a SearchSpace (space.token_kinds)
 STATE_FORMAT = "s2dnas_tf.controller/1"
@@ -567,11 +568,8 @@ class Controller:
         self.rng.bit_generator.state = state["rng"]
 
     def save(self, path: str) -> None:
-        """Writes `get_state()` as JSON, atomically (a temporary file, then os.replace)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.get_state(), f)
-        os.replace(tmp, path)
+        """Writes `get_state()` as compact JSON, atomically (`fileio`)."""
+        fileio.write_text(path, json.dumps(self.get_state()))
 
     @classmethod
     def load(

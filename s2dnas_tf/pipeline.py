@@ -13,7 +13,7 @@ import numpy as np
 
 from s2dnas_tf import data as data_lib
 from s2dnas_tf import report as report_lib
-from s2dnas_tf import rewriter, training
+from s2dnas_tf import fileio, rewriter, training
 from s2dnas_tf.flops import count_flops
 from s2dnas_tf.space import Arch
 
@@ -96,9 +96,9 @@ def train_and_report(
         build_net, splits, train_config, teacher_fn=teacher_fn
     )
     train_seconds = time.time() - start
-    tmp = os.path.join(output_dir, "multistage.tmp.keras")
-    net.save(tmp)
-    os.replace(tmp, os.path.join(output_dir, "multistage.keras"))
+    multistage_path = os.path.join(output_dir, "multistage.keras")
+    with fileio.atomic_path(multistage_path, suffix=".keras") as tmp:
+        net.save(tmp)
     log("calibrating on the validation split ...")
     result = report_lib.build_report(
         dataset=splits.name,

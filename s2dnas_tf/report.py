@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from s2dnas_tf import calibration
+from s2dnas_tf import calibration, fileio
 
 
 def build_report(
@@ -131,10 +131,10 @@ def write_report(report: dict, output_dir: str) -> list[str]:
     os.makedirs(output_dir, exist_ok=True)
     paths = []
     json_path = os.path.join(output_dir, "report.json")
-    _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
+    fileio.write_text(json_path, json.dumps(report, indent=2) + "\n")
     paths.append(json_path)
     md_path = os.path.join(output_dir, "report.md")
-    _atomic_write(md_path, to_markdown(report))
+    fileio.write_text(md_path, to_markdown(report))
     paths.append(md_path)
     png_path = os.path.join(output_dir, "curve.png")
     plot_curve(report, png_path)
@@ -220,10 +220,9 @@ def plot_curve(report: dict, path: str) -> None:
     hist.set_ylabel("fraction of test images")
     hist.set_title("exits at the chosen thresholds")
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with fileio.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _thin(points: list, count: int) -> list:
@@ -232,9 +231,3 @@ def _thin(points: list, count: int) -> list:
     idx = np.unique(np.linspace(0, len(points) - 1, count).round().astype(int))
     return [points[i] for i in idx]
 
-
-def _atomic_write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from s2dnas_tf import calibration
+from s2dnas_tf import calibration, fileio
 from s2dnas_tf.space import Arch, SearchSpace
 
 SEARCHERS = ("rl", "random")
@@ -177,11 +177,7 @@ class SearchLog:
             self.cache.setdefault(key(r["tokens"]), r)
 
     def _rewrite(self):
-        tmp = self.path + ".tmp"
-        with open(tmp, "w") as f:
-            for r in self.records:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        fileio.write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as f:
@@ -313,14 +309,9 @@ def run_search(
             rewards.append(record["reward"])
         if controller is not None and batch and len(rewards) == len(batch):
             stats = controller.update(batch, rewards, space.valid_choices)
-            tmp = state_path + ".tmp"
-            with open(tmp, "w") as f:
-                json.dump(
-                    {"controller": controller.get_state(), "samples": samples,
-                     "rejected": rejected},
-                    f,
-                )
-            os.replace(tmp, state_path)
+            state = {"controller": controller.get_state(), "samples": samples,
+                     "rejected": rejected}
+            fileio.write_text(state_path, json.dumps(state))
             log(
                 f"[rl] update: mean reward {stats['mean_reward']:.4f}  baseline "
                 f"{stats['baseline']:.4f}  entropy {stats['entropy']:.3f}"
