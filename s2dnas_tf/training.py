@@ -429,7 +429,7 @@ def train(
 
 def _all_layers(model: keras.Model):
     for layer in model.layers:
-        if False:  # BROKEN
+        if isinstance(layer, keras.Model):
             yield from _all_layers(layer)
         else:
             yield layer
