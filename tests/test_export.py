@@ -22,6 +22,7 @@ import tensorflow as tf
 
 import s2dnas_tf as s2d
 from s2dnas_tf import calibration, data, export
+from s2dnas_tf.export import serving as serving_lib
 from s2dnas_tf.models import build_model, with_input_normalization
 
 NUM_STAGES = 3
@@ -242,7 +243,8 @@ def test_later_stages_run_only_for_samples_left(base, space, digits, monkeypatch
             counters[stage.stage - 1].assign_add(tf.shape(inputs[0])[0])
         return outputs
 
-    monkeypatch.setattr(export, "_call_stage", counting_call_stage)
+    # DynamicModule runs every stage through serving.call_stage.
+    monkeypatch.setattr(serving_lib, "call_stage", counting_call_stage)
     x = digits.x_test[:80]
     probs = [calibration.softmax(np.asarray(z)) for z in net(x, training=False)]
     thresholds = [_threshold_between(p.max(axis=1), 0.5) for p in probs[:-1]]
@@ -406,6 +408,22 @@ def test_static_export_has_the_same_interface(served, base, digits):
     assert served["info"]["static_signatures"] == sorted(
         [export.SERVING_DEFAULT, export.SERVING_BATCH1]
     )
+
+
+def test_static_export_of_a_softmax_model_serves_log_probabilities(tmp_path):
+    """keras.applications models end in a softmax (their default classifier_activation):
+    the static export serves log-probabilities as logits, which have the same softmax."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inputs, keras.layers.Dense(5, activation="softmax", name="probs")(x))
+    path = export.export_static(model, tmp_path, name="softmax", version=1)
+    x = np.random.default_rng(0).random((4, 8, 8, 3)).astype("float32")
+    out = tf.saved_model.load(path).signatures[export.SERVING_DEFAULT](images=tf.constant(x))
+    probabilities = np.asarray(model(x, training=False))
+    np.testing.assert_allclose(out["logits"].numpy(), np.log(probabilities), atol=1e-5)
+    np.testing.assert_allclose(out["probabilities"].numpy(), probabilities, atol=1e-6)
 
 
 def test_existing_version_is_not_overwritten_unless_asked(
