@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 import s2dnas_tf as s2d
-from s2dnas_tf import rewriter
+from s2dnas_tf import conventions
 
 
 def randomize_normalization_stats(model: keras.Model, seed: int = 0) -> keras.Model:
@@ -40,18 +40,12 @@ def images(model: keras.Model, n: int = 2, seed: int = 0, scale: float = 1.0) ->
     return (np.random.default_rng(seed).random(shape) * scale).astype("float32")
 
 
-def ends_in_softmax(model: keras.Model) -> bool:
-    last = model.layers[-1]
-    act = getattr(getattr(last, "activation", None), "__name__", "")
-    return isinstance(last, keras.layers.Softmax) or act == "softmax"
-
-
 def comparable_scores(model: keras.Model, stage_logits, x: np.ndarray):
     """(stage scores, original scores) on one scale: logits, or log-probabilities when the
     original ends in a softmax (which transform drops)."""
     y = np.asarray(model(x, training=False))
     z = np.asarray(stage_logits)
-    if ends_in_softmax(model):
+    if conventions.ends_in_softmax(model):
         return np.asarray(keras.ops.log_softmax(z)), np.log(np.clip(y, 1e-30, None))
     return z, y
 
@@ -118,7 +112,7 @@ def check_stage_independence(net: keras.Model, x: np.ndarray) -> None:
     rng = np.random.default_rng(1)
     for s in range(1, num_stages):
         for layer in net.layers:
-            stage = rewriter.stage_of_layer(layer.name)
+            stage = conventions.stage_of_layer(layer.name)
             if stage is not None and stage > s and layer.weights:
                 layer.set_weights(
                     [w + rng.normal(0, 0.5, w.shape).astype(w.dtype) for w in layer.get_weights()]
@@ -131,5 +125,5 @@ def check_stage_independence(net: keras.Model, x: np.ndarray) -> None:
             layer.set_weights(saved[layer.name])
         # Structure: the sub-graph of output s holds no layer of a later stage.
         sub = keras.Model(net.inputs, net.outputs[s - 1])
-        stages = {rewriter.stage_of_layer(l.name) for l in sub.layers} - {None}
+        stages = {conventions.stage_of_layer(l.name) for l in sub.layers} - {None}
         assert max(stages) == s, stages
