@@ -1,6 +1,7 @@
 """Training under tf.distribute, multi-stage loss + distillation, resume and divergence."""
 
 import csv
+import dataclasses
 import json
 import os
 import pathlib
@@ -258,14 +259,43 @@ def test_killed_mid_epoch_resumes_without_losing_an_epoch(tmp_path):
     assert "Epoch 1/5" not in result.stdout + result.stderr
 
 
-def test_bn_momentum_is_applied_for_the_training(tmp_path, digits):
+def test_bn_momentum_moves_the_moving_statistics_by_that_momentum(tmp_path, digits):
+    """One training step on one known batch: every moving statistic becomes
+    m * old + (1 - m) * batch statistic with the configured m, also inside a nested model
+    (where `with_input_normalization` puts the reference models' BatchNorms)."""
+    momentum = 0.5
+    inner_input = keras.Input(digits.image_shape)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inner_input)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    inner = keras.Model(inner_input, keras.layers.ReLU()(x), name="features")
+    outer_input = keras.Input(digits.image_shape)
+    x = keras.layers.GlobalAveragePooling2D()(inner(outer_input))
+    model = keras.Model(outer_input, keras.layers.Dense(digits.num_classes)(x))
+    bn = inner.get_layer("bn")
+    # Non-trivial old statistics, so that the m * old part of the update shows.
+    old_mean = np.linspace(-1.0, 1.0, 4).astype("float32")
+    old_var = np.linspace(0.5, 2.0, 4).astype("float32")
+    bn.moving_mean.assign(old_mean)
+    bn.moving_variance.assign(old_var)
+    # The training split is exactly one batch: whatever the shuffle, the step sees it all.
+    batch = dataclasses.replace(digits, x_train=digits.x_train[:32], y_train=digits.y_train[:32])
+    bn_input = np.asarray(keras.Model(inner.input, bn.input)(batch.x_train), np.float64)
+    batch_mean = bn_input.mean(axis=(0, 1, 2))
+    batch_var = bn_input.var(axis=(0, 1, 2))  # biased, as Keras's BatchNormalization
+
     config = training.TrainConfig(
-        str(tmp_path), epochs=1, batch_size=64, augment=False, verbose=0, bn_momentum=0.5,
-        steps_per_epoch=2,
+        str(tmp_path), epochs=1, batch_size=32, steps_per_epoch=1, augment=False,
+        verbose=0, ephemeral=True, bn_momentum=momentum,
     )
-    model, _ = training.train(small_model_fn(digits), digits, config)
-    bns = [l for l in training._all_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
-    assert bns and all(l.momentum == 0.5 for l in bns)
+    trained, _ = training.train(lambda: model, batch, config)
+    assert trained.get_layer("features").get_layer("bn") is bn
+    expected_mean = momentum * old_mean + (1 - momentum) * batch_mean
+    expected_var = momentum * old_var + (1 - momentum) * batch_var
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), expected_mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), expected_var, rtol=1e-4)
+    # Guard: the Keras default momentum (0.99) would have left them elsewhere.
+    default = 0.99 * old_mean + 0.01 * batch_mean
+    assert not np.allclose(default, expected_mean, rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="bn_momentum must be in"):
         training.TrainConfig(str(tmp_path), bn_momentum=1.0).validate()
 
