@@ -107,6 +107,89 @@ def test_multistage_training_with_distillation(tmp_path, digits):
     assert again.trainable_weights and all(layer.trainable for layer in again.layers)
 
 
+def _log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def _two_head_student(image_shape, num_classes, seed):
+    """A tiny 2-stage "net": two linear heads on the rescaled pixels."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(image_shape)
+    x = keras.layers.Flatten()(keras.layers.Rescaling(1 / 255)(inputs))
+    heads = [keras.layers.Dense(num_classes, name=f"head{s}")(x) for s in (1, 2)]
+    return keras.Model(inputs, heads)
+
+
+def _linear_teacher(image_shape, num_classes, seed, scale=1.0):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input(image_shape)
+    x = keras.layers.Flatten()(keras.layers.Rescaling(scale / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="teacher_head")(x))
+
+
+def test_distillation_loss_is_weighted_ce_plus_t_squared_kl():
+    """`DistillingModel.compute_loss` against the formula by hand in numpy:
+    sum_s w_s * CE_s + weight * T^2 * sum_s mean KL(softmax(teacher/T) || softmax(z_s/T)).
+    Dropping the term, flipping its sign, or leaving out T^2 each changes the value."""
+    weight, temperature, stage_weights = 0.7, 2.5, [0.3, 1.0]
+    net = _two_head_student((4, 4, 1), 3, seed=1)
+    teacher = _linear_teacher((4, 4, 1), 3, seed=2, scale=8.0)
+    model = training.DistillingModel(net, teacher, weight, temperature)
+    ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="sgd", loss=[ce, ce], loss_weights=stage_weights)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (16, 4, 4, 1)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    y_pred = model(x)
+    got = float(model.compute_loss(x, (y, y), y_pred))
+
+    logits = [np.asarray(z, np.float64) for z in net(x)]
+    log_teacher = _log_softmax(np.asarray(teacher(x), np.float64) / temperature)
+    cross_entropy = sum(
+        w * -_log_softmax(z)[np.arange(len(y)), y].mean() for w, z in zip(stage_weights, logits)
+    )
+    kl = sum(
+        (np.exp(log_teacher) * (log_teacher - _log_softmax(z / temperature))).sum(-1).mean()
+        for z in logits
+    )
+    distillation = weight * temperature**2 * kl
+    assert distillation > 0.1 * cross_entropy  # so that a dropped term shows
+    np.testing.assert_allclose(got, cross_entropy + distillation, rtol=1e-5)
+
+
+def test_training_with_distillation_pulls_the_student_toward_the_teacher(tmp_path, digits):
+    """`train(..., teacher_fn=...)` with the stages' cross-entropy weighted 0: the only
+    gradient is distillation's, so the students' KL to the teacher must fall (and would
+    stay put were the term dropped, or rise were its sign flipped)."""
+    temperature = 2.0
+    teacher = _linear_teacher(digits.image_shape, digits.num_classes, seed=2, scale=8.0)
+    teacher_weights = [np.array(w) for w in teacher.get_weights()]
+
+    def kl_to_teacher(net):
+        x = digits.x_val
+        log_teacher = _log_softmax(np.asarray(teacher(x), np.float64) / temperature)
+        return [
+            float((np.exp(log_teacher) * (log_teacher - _log_softmax(
+                np.asarray(z, np.float64) / temperature))).sum(-1).mean())
+            for z in net(x)
+        ]
+
+    net = _two_head_student(digits.image_shape, digits.num_classes, seed=1)
+    before = kl_to_teacher(net)
+    config = training.TrainConfig(
+        str(tmp_path), epochs=2, batch_size=64, steps_per_epoch=10, augment=False,
+        learning_rate=0.5, verbose=0, ephemeral=True, stage_weights=[0.0, 0.0],
+        distill_weight=1.0, distill_temperature=temperature,
+    )
+    trained, history = training.train(lambda: net, digits, config, teacher_fn=lambda: teacher)
+    after = kl_to_teacher(trained)
+    assert all(a < 0.5 * b for a, b in zip(after, before)), (before, after)
+    assert history["loss"][-1] < history["loss"][0]
+    for a, b in zip(teacher_weights, teacher.get_weights()):  # the teacher is not trained
+        np.testing.assert_array_equal(a, b)
+
+
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, digits):
     config = training.TrainConfig(str(tmp_path), epochs=1, batch_size=64, augment=False, verbose=0)
     training.train(small_model_fn(digits), digits, config)
