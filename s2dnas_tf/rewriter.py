@@ -42,10 +42,8 @@ class MultiStageNet(keras.Model):
         return len(self.outputs)
 
 
-class _Builder:
-    """Split + concat for one (analysis, arch) pair: a `graph.rebuild` step whose values are
-    per-stage slices (`rules.Piece`s, or one `rules.Shared` tensor before any channel-mixing
-    layer); implements `rules.BuildContext` for the layer rules it calls."""
+class _Context:
+    """What the layer rules may ask about one (space, arch) pair (`rules.BuildContext`)."""
 
     def __init__(self, space: space_lib.SearchSpace, arch: space_lib.Arch):
         analysis = space.analysis
@@ -82,6 +80,12 @@ class _Builder:
 
     def name(self, node, stage: int, suffix: str = "") -> str:
         return conventions.stage_layer_name(stage, node.name, suffix)
+
+
+
+class _Builder(_Context):
+    """Split + concat: a `graph.rebuild` step whose values are per-stage slices
+    (`rules.Piece`s, or one `rules.Shared` tensor before any channel-mixing layer)."""
 
     def step(self, node, inputs: list) -> list:
         """The `graph.rebuild` step of split + concat: one node's per-stage layers."""
@@ -122,6 +126,77 @@ class _Builder:
             [h.tensor for h in heads],
             name=f"{graph.model_name}_s2dnas{self.num_stages}",
         )
+
+
+class _Planner(_Context):
+    """The same walk without building: per tensor, the channels each stage holds."""
+
+    def step(self, node, inputs: list) -> list:
+        ana = self.analysis
+        rule = ana.rules.get(node.index)
+        if node is ana.classifier:
+            num_classes = self.graph.tensors[node.outputs[0]].channels
+            return [rule.plan_head(node, inputs[0], self, num_classes)]
+        if node.index in self._tail:
+            return [inputs[0]]  # per-stage heads, softmax dropped: all classes each
+        if all(isinstance(v, rules_lib.Shared) for v in inputs) and rule.kind != "mixing":
+            return [rules_lib.Shared(None) for _ in node.outputs]
+        return rule.plan(node, inputs, self)
+
+
+class ArchPlan:
+    """The channels each stage holds at every tensor of `transform(model, arch)`, computed
+    without building it (milliseconds instead of seconds). Build with `plan(space, arch)`.
+
+    Attributes:
+        values: Graph tensor key (of `space.analysis.graph`) -> `rules.Shared(None)` for a
+            tensor computed once on the image, else S entries: the original channel indices
+            stage s holds there, in order, or None where it computes nothing. The graph's
+            output holds the S heads' class indices.
+        num_stages: S.
+    """
+
+    def __init__(self, space: space_lib.SearchSpace, arch: space_lib.Arch):
+        space.check_arch(arch)
+        self._planner = _Planner(space, arch)
+        self.graph = self._planner.graph
+        self.num_stages = arch.num_stages
+        (in_key,) = self.graph.inputs
+        self.values = graph_lib.rebuild(
+            self.graph, self._planner.step, {in_key: rules_lib.Shared(None)}
+        )
+
+    def is_shared(self, key: int) -> bool:
+        return isinstance(self.values[key], rules_lib.Shared)
+
+    def live_channels(self, key: int) -> np.ndarray:
+        """The channels of tensor `key` some stage computes (all, for a shared tensor)."""
+        if self.is_shared(key):
+            return np.arange(self.graph.tensors[key].channels)
+        held = [idx for idx in self.values[key] if idx is not None]
+        return np.unique(np.concatenate(held)) if held else np.zeros([0], np.int64)
+
+    def visible_inputs(self, node, stage: int) -> np.ndarray | None:
+        """The input channels stage `stage` reads in channel-mixing `node` (None: all of a
+        shared input), or an empty array when it reads nothing."""
+        (key,) = node.inputs
+        if self.is_shared(key):
+            return None
+        held = [
+            self.values[key][r - 1]
+            for r in self._planner.visible_stages(node, stage)
+            if self.values[key][r - 1] is not None
+        ]
+        return np.concatenate(held) if held else np.zeros([0], np.int64)
+
+
+def plan(space: space_lib.SearchSpace, arch: space_lib.Arch) -> ArchPlan:
+    """`ArchPlan(space, arch)`: what `transform` would build, per tensor and stage.
+
+    Raises:
+        ValueError: If `arch` is not of `space`, or cannot be built.
+    """
+    return ArchPlan(space, arch)
 
 
 def transform(model: keras.Model, arch: space_lib.Arch) -> keras.Model:

@@ -54,8 +54,9 @@ def test_softmax_output_is_dropped_and_logits_returned():
     )
 
 
-def every_layer_cnn(num_classes=7):
-    """A functional CNN built from every layer type the rules support."""
+def every_layer_cnn(num_classes=7, channel_norm=keras.layers.LayerNormalization):
+    """A functional CNN built from every layer type the rules support (`channel_norm`: the
+    class of the normalisation after the grouped conv)."""
     L = keras.layers
     inputs = keras.Input((24, 24, 3), name="img")
     x = L.Rescaling(1 / 255.0, name="rescale")(inputs)
@@ -65,7 +66,7 @@ def every_layer_cnn(num_classes=7):
     x = L.BatchNormalization(name="stem_bn")(x)
     x = L.ReLU(6.0, name="relu6")(x)
     y = L.Conv2D(16, 3, padding="same", groups=4, name="grouped")(x)
-    y = L.LayerNormalization(name="ln")(y)
+    y = channel_norm(name="ln")(y)
     y = L.Activation("hard_swish", name="hswish")(y)
     x = L.Add(name="add1")([x, y])
     # squeeze-excite with a broadcast Multiply

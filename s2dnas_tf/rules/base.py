@@ -82,6 +82,18 @@ class LayerRule:
     def build(self, node, inputs: list, ctx: BuildContext) -> list:
         raise NotImplementedError
 
+    def plan(self, node, inputs: list, ctx: BuildContext) -> list:
+        """What `build` would hold, without building anything: for each output, S entries,
+        each the original channel indices stage s holds there (`Piece.idx`) or None where it
+        computes nothing. `inputs` are the same for the node's inputs (or `Shared` values).
+        The supernet (`s2dnas_tf.supernet`) masks one full-width network with it; the tests
+        check that it agrees with `build` on every rule.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no `plan`; the weight-sharing supernet needs one "
+            "(see WORKSPACE.md, Adding a layer rule)."
+        )
+
     def build_shared(self, node, tensors: list, ctx: BuildContext):
         """The layer once on full tensors computed from the image alone (e.g. the input
         Normalization): a copy of the layer with the same weights."""

@@ -39,6 +39,10 @@ class ChannelwiseRule(LayerRule):
                 cfg[key] = np.asarray(value)[..., idx].tolist()
         return cfg
 
+    def plan(self, node, inputs, ctx):
+        (value,) = inputs
+        return [[None if idx is None else self.output_idx(node, ctx, idx) for idx in value]]
+
     def build(self, node, inputs, ctx):
         (value,) = inputs
         full = channels_in(node, ctx.graph)
@@ -151,11 +155,31 @@ class GroupedConvRule(ChannelwiseRule):
         else:
             ana.mark_derived(node.outputs[0])
 
+    def _stage_groups(self, node, ctx, stage: int, idx: np.ndarray):
+        """(conv groups, output channel indices) of a stage's input slice `idx`."""
+        c_in, c_out, groups = self._shape(node, ctx.graph)
+        per_in, per_out = c_in // groups, c_out // groups
+        conv_groups = idx[::per_in] // per_in
+        expected = (conv_groups[:, None] * per_in + np.arange(per_in)).reshape(-1)
+        if len(idx) % per_in or not np.array_equal(expected, idx):
+            raise ValueError(
+                f"{node.name!r}: stage {stage}'s input slice does not hold whole conv groups "
+                f"of {per_in} channels; it cannot be split there."
+            )
+        return conv_groups, (conv_groups[:, None] * per_out + np.arange(per_out)).reshape(-1)
+
+    def plan(self, node, inputs, ctx):
+        (value,) = inputs
+        return [
+            [
+                None if idx is None else self._stage_groups(node, ctx, stage, idx)[1]
+                for stage, idx in enumerate(value, start=1)
+            ]
+        ]
+
     def build(self, node, inputs, ctx):
         (value,) = inputs
         layer = node.layer
-        c_in, c_out, groups = self._shape(node, ctx.graph)
-        per_in, per_out = c_in // groups, c_out // groups
         depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
         kernel = keras.ops.convert_to_numpy(layer.kernel)
         bias = keras.ops.convert_to_numpy(layer.bias) if layer.use_bias else None
@@ -165,14 +189,7 @@ class GroupedConvRule(ChannelwiseRule):
             if piece is None:
                 out.append(None)
                 continue
-            conv_groups = piece.idx[::per_in] // per_in
-            expected = (conv_groups[:, None] * per_in + np.arange(per_in)).reshape(-1)
-            if len(piece.idx) % per_in or not np.array_equal(expected, piece.idx):
-                raise ValueError(
-                    f"{node.name!r}: stage {stage}'s input slice does not hold whole conv groups "
-                    f"of {per_in} channels; it cannot be split there."
-                )
-            out_idx = (conv_groups[:, None] * per_out + np.arange(per_out)).reshape(-1)
+            conv_groups, out_idx = self._stage_groups(node, ctx, stage, piece.idx)
             if depthwise:
                 new = ctx.clone(layer, ctx.name(node, stage))
                 y = new(piece.tensor)

@@ -31,24 +31,36 @@ class MergeRule(LayerRule):
             ana.union(node.inputs[0], key, node)
         ana.union(node.inputs[0], node.outputs[0], node)
 
+    def _present(self, node, stage: int, pieces: list) -> list | None:
+        """The inputs stage `stage` computes, or None when its output is nothing."""
+        present = [p for p in pieces if p is not None]
+        if not present:
+            return None
+        if len(present) < len(pieces):
+            if isinstance(node.layer, keras.layers.Multiply):
+                return None  # a factor of zeros
+            if not isinstance(node.layer, keras.layers.Add):
+                raise ValueError(
+                    f"{node.name!r} ({type(node.layer).__name__}): stage {stage} computes "
+                    "only some of its inputs; only Add and Multiply accept that."
+                )
+        return present
+
+    def plan(self, node, inputs, ctx):
+        out = []
+        for stage in range(1, ctx.num_stages + 1):
+            present = self._present(node, stage, [v[stage - 1] for v in inputs])
+            out.append(None if present is None else present[0])
+        return [out]
+
     def build(self, node, inputs, ctx):
         layer = node.layer
         out = []
         for stage in range(1, ctx.num_stages + 1):
-            pieces = [v[stage - 1] for v in inputs]
-            present = [p for p in pieces if p is not None]
-            if not present:
+            present = self._present(node, stage, [v[stage - 1] for v in inputs])
+            if present is None:
                 out.append(None)
                 continue
-            if len(present) < len(pieces):
-                if isinstance(layer, keras.layers.Multiply):
-                    out.append(None)  # a factor of zeros
-                    continue
-                if not isinstance(layer, keras.layers.Add):
-                    raise ValueError(
-                        f"{node.name!r} ({type(layer).__name__}): stage {stage} computes only "
-                        "some of its inputs; only Add and Multiply accept that."
-                    )
             check_same_channels(node, stage, present)
             if len(present) == 1:
                 out.append(present[0])
@@ -70,6 +82,16 @@ class ConcatenateRule(LayerRule):
 
     def analyse(self, node, ana):
         ana.mark_derived(node.outputs[0])
+
+    def plan(self, node, inputs, ctx):
+        offsets = np.cumsum([0] + [ctx.graph.tensors[k].channels for k in node.inputs])
+        out = []
+        for stage in range(1, ctx.num_stages + 1):
+            present = [
+                v[stage - 1] + off for v, off in zip(inputs, offsets) if v[stage - 1] is not None
+            ]
+            out.append(np.concatenate(present) if present else None)
+        return [out]
 
     def build(self, node, inputs, ctx):
         offsets = np.cumsum([0] + [ctx.graph.tensors[k].channels for k in node.inputs])
@@ -130,19 +152,31 @@ class ElementwiseOpRule(LayerRule):
     def build_shared(self, node, tensors, ctx):
         return self._call(node, tensors)
 
+    def _present(self, node, stage: int, pieces: list) -> list | None:
+        present = [p for p in pieces if p is not None]
+        if len(present) < len(pieces):
+            if not present or self.zero_preserving or len(pieces) == 1:
+                return None
+            raise ValueError(
+                f"{node.name!r} ({type(node.layer).__name__}): stage {stage} computes only "
+                "one of its operands; this architecture cannot be built."
+            )
+        return present
+
+    def plan(self, node, inputs, ctx):
+        out = []
+        for stage in range(1, ctx.num_stages + 1):
+            present = self._present(node, stage, [v[stage - 1] for v in inputs])
+            out.append(None if present is None else present[0])
+        return [out]
+
     def build(self, node, inputs, ctx):
         out = []
         for stage in range(1, ctx.num_stages + 1):
-            pieces = [v[stage - 1] for v in inputs]
-            present = [p for p in pieces if p is not None]
-            if len(present) < len(pieces):
-                if not present or self.zero_preserving or len(pieces) == 1:
-                    out.append(None)
-                    continue
-                raise ValueError(
-                    f"{node.name!r} ({type(node.layer).__name__}): stage {stage} computes only "
-                    "one of its operands; this architecture cannot be built."
-                )
+            present = self._present(node, stage, [v[stage - 1] for v in inputs])
+            if present is None:
+                out.append(None)
+                continue
             check_same_channels(node, stage, present)
             y = self._call(node, [p.tensor for p in present])
             out.append(Piece(y, present[0].idx))

@@ -19,6 +19,21 @@ from s2dnas_tf.rules.base import (
 from s2dnas_tf.rules.channelwise import GROUPED_CONV_RULE
 
 
+def _mixing_plan(node, value, ctx, out_idx_fn=None) -> list:
+    """Stage s holds its allocated output channels, unless it sees no input at all."""
+    out = []
+    for stage in range(1, ctx.num_stages + 1):
+        if out_idx_fn is not None:
+            out_idx = np.asarray(out_idx_fn(stage))
+        else:
+            out_idx = ctx.allocated(node.outputs[0], stage)
+        sees = isinstance(value, Shared) or any(
+            value[r - 1] is not None for r in ctx.visible_stages(node, stage)
+        )
+        out.append(out_idx if len(out_idx) and sees else None)
+    return out
+
+
 class MixingRule(LayerRule):
     """Conv2D (groups=1) and Dense: stage s computes its own output channels from the input
     slices of the stages it can see (its own, or 1..s past its concat position)."""
@@ -33,6 +48,13 @@ class MixingRule(LayerRule):
 
     def analyse(self, node, ana):
         ana.mark_free(node.outputs[0])
+
+    def plan(self, node, inputs, ctx):
+        return [_mixing_plan(node, inputs[0], ctx)]
+
+    def plan_head(self, node, value, ctx, num_classes: int) -> list:
+        """`plan` of `build_head`: every stage's classifier gives all classes."""
+        return _mixing_plan(node, value, ctx, lambda stage: np.arange(num_classes))
 
     def build(self, node, inputs, ctx, out_idx_fn=None, **overrides):
         (value,) = inputs
@@ -85,6 +107,9 @@ class SeparableConvRule(LayerRule):
 
     def analyse(self, node, ana):
         ana.mark_free(node.outputs[0])
+
+    def plan(self, node, inputs, ctx):
+        return [_mixing_plan(node, inputs[0], ctx)]
 
     def build(self, node, inputs, ctx):
         (value,) = inputs
