@@ -43,6 +43,7 @@ from keras import layers
 from s2dnas_tf import graph as graph_lib
 
 __all__ = [
+    "COUNTED_LAYERS",
     "count_flops",
     "flops_by_layer",
     "layer_flops",
@@ -54,7 +55,7 @@ Shape = Sequence[int | None]
 _CONV_LAYERS = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
 _DEPTHWISE_LAYERS = (layers.DepthwiseConv1D, layers.DepthwiseConv2D)
 _SEPARABLE_LAYERS = (layers.SeparableConv1D, layers.SeparableConv2D)
-_COUNTED_LAYERS = _CONV_LAYERS + _DEPTHWISE_LAYERS + _SEPARABLE_LAYERS + (layers.Dense,)
+COUNTED_LAYERS = _CONV_LAYERS + _DEPTHWISE_LAYERS + _SEPARABLE_LAYERS + (layers.Dense,)
 
 # Weightless layers whose arithmetic the convention leaves out on purpose. Looked up
 # by name so that a class missing from an older Keras 3 release is simply skipped.
@@ -106,7 +107,7 @@ def layer_flops(
         ValueError: If `layer` is counted but a dimension its cost depends on is
             unknown (`None`) or the shapes do not fit the layer.
     """
-    if not isinstance(layer, _COUNTED_LAYERS):
+    if not isinstance(layer, COUNTED_LAYERS):
         return 0
     input_shape = _single_shape(layer, input_shape, "input_shape")
     output_shape = _single_shape(layer, output_shape, "output_shape")
@@ -184,7 +185,7 @@ def uncounted_layers(model: keras.Model) -> list[str]:
     _check_model(model)
     names: dict[str, None] = {}  # An ordered set.
     for name, layer, _, _ in _leaf_calls(model):
-        if isinstance(layer, _COUNTED_LAYERS):
+        if isinstance(layer, COUNTED_LAYERS):
             continue
         has_weights = bool(getattr(layer, "weights", None))
         if has_weights or not isinstance(layer, _UNCOUNTED_BY_CONVENTION):

@@ -190,6 +190,102 @@ class ArchPlan:
         return np.concatenate(held) if held else np.zeros([0], np.int64)
 
 
+    def stage_flops(self) -> list[int]:
+        """`stage_flops(transform(model, arch))` from the plan alone (same convention, see
+        `s2dnas_tf.flops`): the cumulative MACs of stages 1..s."""
+        own = [0] * self.num_stages
+        ana = self._planner.analysis
+        self._needed = self._needed_pieces()
+        for node in self.graph.nodes:
+            if not isinstance(node.layer, flops_lib.COUNTED_LAYERS):
+                continue
+            if node is ana.classifier or ana.rules[node.index].kind == "mixing":
+                self._add_mixing_flops(node, own)
+            else:
+                self._add_channelwise_flops(node, own)
+        return [int(sum(own[:s])) for s in range(1, self.num_stages + 1)]
+
+    def _reads(self, node, stage: int) -> list[tuple[int, int]]:
+        """The (input key, stage) slices stage `stage`'s output of `node` is computed from."""
+        ana = self._planner.analysis
+        if node is ana.classifier or (
+            node.index in ana.rules and ana.rules[node.index].kind == "mixing"
+        ):
+            stages = self._planner.visible_stages(node, stage)
+        else:
+            stages = [stage]
+        return [
+            (key, r)
+            for key in node.inputs
+            if not self.is_shared(key)
+            for r in stages
+            if self.values[key][r - 1] is not None
+        ]
+
+    def _needed_pieces(self) -> set[tuple[int, int]]:
+        """The (tensor key, stage) slices some stage's logits depend on. A slice nothing
+        reads (e.g. everything of a stage that adds no channels where the classifier reads)
+        is built by `transform` but not part of its model, so it costs nothing."""
+        tail = self._planner._tail
+        needed = set()
+        for node in reversed(self.graph.nodes):
+            if node.index in tail:
+                continue
+            for stage in range(1, self.num_stages + 1):
+                if node is self._planner.analysis.classifier or any(
+                    (key, stage) in needed for key in node.outputs
+                ):
+                    needed.update(self._reads(node, stage))
+        return needed
+
+    def _geometry(self, node) -> tuple[int, int, int]:
+        """(output positions, kernel taps, input channels) of a counted layer."""
+        out_shape = self.graph.tensors[node.outputs[0]].shape
+        positions = int(np.prod(out_shape[1:-1], dtype=np.int64))
+        taps = int(np.prod(getattr(node.layer, "kernel_size", (1,)), dtype=np.int64))
+        return positions, taps, self.graph.tensors[node.inputs[0]].channels
+
+    def _add_mixing_flops(self, node, own: list) -> None:
+        """Conv2D / Dense / SeparableConv2D: each stage's outputs from what it reads; a
+        separable conv's depthwise part once per stage slice read (named for that stage)."""
+        positions, taps, c_in = self._geometry(node)
+        separable = isinstance(node.layer, keras.layers.SeparableConv2D)
+        multiplier = node.layer.depth_multiplier if separable else 1
+        pointwise_taps = 1 if separable else taps
+        depthwise_done = set()
+        in_value = self.values[node.inputs[0]]
+        head = node is self._planner.analysis.classifier
+        for stage, out_idx in enumerate(self.values[node.outputs[0]], start=1):
+            if out_idx is None or not (head or (node.outputs[0], stage) in self._needed):
+                continue
+            rows = self.visible_inputs(node, stage)
+            seen = c_in if rows is None else len(rows)
+            own[stage - 1] += positions * pointwise_taps * seen * multiplier * len(out_idx)
+            if not separable:
+                continue
+            readers = [1] if rows is None else [
+                r for r in self._planner.visible_stages(node, stage) if in_value[r - 1] is not None
+            ]
+            for r in readers:
+                if r not in depthwise_done:
+                    depthwise_done.add(r)
+                    width = c_in if rows is None else len(in_value[r - 1])
+                    own[r - 1] += positions * taps * width * multiplier
+
+    def _add_channelwise_flops(self, node, own: list) -> None:
+        """Depthwise / grouped convs: each output channel reads c_in / groups inputs."""
+        positions, taps, c_in = self._geometry(node)
+        layer = node.layer
+        groups = c_in if isinstance(layer, keras.layers.DepthwiseConv2D) else layer.groups
+        out = self.values[node.outputs[0]]
+        if self.is_shared(node.outputs[0]):
+            out = [np.arange(self.graph.tensors[node.outputs[0]].channels)]
+        for stage, out_idx in enumerate(out, start=1):
+            needed = self.is_shared(node.outputs[0]) or (node.outputs[0], stage) in self._needed
+            if out_idx is not None and needed:
+                own[stage - 1] += positions * taps * (c_in // groups) * len(out_idx)
+
+
 def plan(space: space_lib.SearchSpace, arch: space_lib.Arch) -> ArchPlan:
     """`ArchPlan(space, arch)`: what `transform` would build, per tensor and stage.
 

@@ -279,6 +279,47 @@ class Supernet:
             layer.mask.assign(mask)
         self.arch = arch
 
+    def recalibrate_batchnorm(self, images: np.ndarray) -> None:
+        """Sets every BatchNormalization's moving statistics to the batch statistics of
+        `images` under the current architecture.
+
+        The shared weights are trained for many architectures at once, so no single set of
+        moving statistics fits them all (BigNAS, once-for-all); a few hundred images fix
+        them for the architecture being scored. One forward pass in training mode with
+        momentum 0 (eager, so the changed momentum is read).
+        """
+        layers = [
+            layer for layer in self.model.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        ]
+        momenta = [layer.momentum for layer in layers]
+        try:
+            for layer in layers:
+                layer.momentum = 0.0
+            self.model(np.asarray(images, np.float32), training=True)
+        finally:
+            for layer, momentum in zip(layers, momenta):
+                layer.momentum = momentum
+
+    def evaluate(
+        self, arch: space_lib.Arch, bn_images: np.ndarray, images: np.ndarray,
+        batch_size: int = 256,
+    ) -> tuple[np.ndarray, list[int]]:
+        """Scores `arch` from the shared weights: its view, BatchNorm statistics from
+        `bn_images` (training images), then every stage's softmax on `images`.
+
+        Returns:
+            (probabilities [S, N, K] float64, the arch's cumulative stage FLOPs).
+        """
+        self.set_arch(arch)
+        self.recalibrate_batchnorm(bn_images)
+        outputs = self.model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+        logits = np.stack([np.asarray(o, np.float64) for o in outputs])
+        logits -= logits.max(axis=-1, keepdims=True)
+        probs = np.exp(logits)
+        probs /= probs.sum(axis=-1, keepdims=True)
+        return probs, rewriter.plan(self.space, arch).stage_flops()
+
     def to_static(self) -> keras.Model:
         """A copy of the static model holding the supernet's weights (BatchNorm statistics
         included): `transform(supernet.to_static(), arch)` is the architecture's network

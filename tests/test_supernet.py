@@ -141,3 +141,11 @@ def test_to_static_leaves_the_original_alone():
     assert any(
         not np.array_equal(a, b) for a, b in zip(before, helpers.weights_snapshot(static))
     )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_plan_stage_flops_equal_the_built_networks(name):
+    space = s2d.SearchSpace.from_model(MODELS[name], num_stages=3)
+    for arch in _archs(space, count=2):
+        expected = s2d.stage_flops(s2d.transform(MODELS[name], arch))
+        assert rewriter.plan(space, arch).stage_flops() == expected, arch.tokens
