@@ -299,6 +299,7 @@ def train(
     splits: data_lib.Splits,
     config: TrainConfig,
     teacher_fn: Callable[[], keras.Model] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> tuple[keras.Model, dict]:
     """Trains the model `model_fn` builds (inside the strategy's scope).
 
@@ -309,6 +310,8 @@ def train(
         config: How to train.
         teacher_fn: Builds the frozen teacher for distillation (needed when
             `config.distill_weight > 0`).
+        callbacks: More Keras callbacks, run after the package's own (e.g. the
+            supernet's architecture sampler).
 
     Returns:
         (the trained model, the history dict of per-epoch metrics).
@@ -387,6 +390,7 @@ def train(
     if num_outputs > 1:
         train_ds = train_ds.map(lambda x, y: (x, tuple([y] * num_outputs)))
 
+    extra_callbacks = list(callbacks)
     guard = _DivergenceGuard()
     callbacks = [guard]
     if not config.ephemeral:
@@ -400,6 +404,7 @@ def train(
             keras.callbacks.TensorBoard(os.path.join(out, "logs"), update_freq="epoch"),
             keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
         ]
+    callbacks += extra_callbacks
     try:
         history = model.fit(
             train_ds,
