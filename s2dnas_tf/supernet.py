@@ -27,21 +27,49 @@ compiled train or predict function serves every architecture. `set_arch(arch)` f
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 
 from s2dnas_tf import conventions
+from s2dnas_tf import fileio
 from s2dnas_tf import graph as graph_lib
 from s2dnas_tf import rewriter
 from s2dnas_tf import space as space_lib
+from s2dnas_tf import training
 
-__all__ = ["ChannelMask", "Supernet"]
+__all__ = [
+    "ArchSampler",
+    "ChannelMask",
+    "Supernet",
+    "largest_arch",
+    "load_supernet",
+    "smallest_arch",
+    "train_supernet",
+]
 
 
 def _add_mask(layer: keras.layers.Layer, shape: tuple) -> keras.Variable:
     return layer.add_weight(
         shape=shape, initializer="ones", trainable=False, name="kernel_mask"
     )
+
+
+def _load_kernel_and_bias(layer, store) -> None:
+    """Conv2D's and Dense's own saving writes kernel and bias only (the mask is state of
+    the current architecture, set again by `set_arch`); their loading would count the mask
+    too and refuse, so the masked layers load the two themselves."""
+    if not layer.built:
+        return
+    variables = [layer._kernel] + ([layer.bias] if layer.use_bias else [])
+    if len(store) != len(variables):
+        raise ValueError(
+            f"Layer {layer.name!r} expected {len(variables)} saved variables (kernel, bias). "
+            f"Received: {len(store)}"
+        )
+    for i, variable in enumerate(variables):
+        variable.assign(store[str(i)])
 
 
 @keras.saving.register_keras_serializable(package="s2dnas_tf")
@@ -54,6 +82,9 @@ class MaskedConv2D(keras.layers.Conv2D):
 
     def convolution_op(self, inputs, kernel):
         return super().convolution_op(inputs, kernel * self.kernel_mask)
+
+    def load_own_variables(self, store):
+        _load_kernel_and_bias(self, store)
 
 
 @keras.saving.register_keras_serializable(package="s2dnas_tf")
@@ -69,6 +100,9 @@ class MaskedDense(keras.layers.Dense):
         if self.bias is not None:
             x = keras.ops.add(x, self.bias)
         return self.activation(x) if self.activation is not None else x
+
+    def load_own_variables(self, store):
+        _load_kernel_and_bias(self, store)
 
 
 @keras.saving.register_keras_serializable(package="s2dnas_tf")
@@ -147,11 +181,17 @@ class Supernet:
         self._static = model
         ana = space.analysis
         self._graph = ana.graph
-        if graph_lib.trace(model).model_name != self._graph.model_name:
+        # The weights come from `model`: the space's model or one of the same architecture
+        # (e.g. a saved, trained supernet), matched node by node.
+        own = graph_lib.trace(model)
+        if [(n.name, type(n.layer)) for n in own.nodes] != [
+            (n.name, type(n.layer)) for n in self._graph.nodes
+        ]:
             raise ValueError(
-                f"Expected the model the space was built from ({self._graph.model_name!r}). "
-                f"Received: {model.name!r}"
+                "Expected the model the space was built from, or one of its architecture. "
+                f"Received: {model.name!r}, whose layers differ from {self._graph.model_name!r}'s"
             )
+        self._weights_from = {n.index: n.layer for n in own.nodes}
         self._copies: dict[int, keras.layers.Layer] = {}  # node index -> its layer here
         self._kernel_masks: dict[int, keras.Variable] = {}  # mixing node index -> mask
         self._tensor_masks: dict[int, ChannelMask] = {}  # tensor key -> its ChannelMask
@@ -180,7 +220,7 @@ class Supernet:
         copy = (cls or type(layer)).from_config(config)
         outputs = graph_lib.replay(node, inputs, copy)
         by_name = {w.name: w for w in copy.weights}
-        for weight in layer.weights:
+        for weight in self._weights_from[node.index].weights:
             by_name[weight.name].assign(weight)
         if hasattr(copy, "finalize_state") and copy.weights:
             copy.finalize_state()  # Normalization derives mean/variance from its weights
@@ -339,3 +379,125 @@ class Supernet:
             for weight in node.layer.weights:
                 weight.assign(by_name[weight.name])
         return copy
+
+
+def largest_arch(space: space_lib.SearchSpace) -> space_lib.Arch:
+    """Every stage sees all channels and reuses from the first group (the richest view)."""
+    fractions = [space.grid - 1] * ((space.num_stages - 1) * space.num_groups)
+    return space.decode(fractions + [0] * (space.num_stages - 1))
+
+
+def smallest_arch(space: space_lib.SearchSpace) -> space_lib.Arch:
+    """Each stage adds the least it can and reuses only in the last group."""
+    fractions = [0] * ((space.num_stages - 1) * space.num_groups)
+    return space.decode(fractions + [space.num_groups - 1] * (space.num_stages - 1))
+
+
+class ArchSampler(keras.callbacks.Callback):
+    """Trains the supernet on a new architecture every step: the sandwich rule (BigNAS,
+    slimmable networks) over consecutive steps: the largest, the smallest, then
+    `num_random` sampled ones, in turn. The largest view is set for validation.
+
+    The architecture of step k of epoch e depends only on (seed, e, k), so a resumed
+    training samples what the killed one would have.
+    """
+
+    def __init__(self, supernet, seed: int = 0, num_random: int = 2):
+        """Args:
+            supernet: The `Supernet`, or a callable returning it once it exists (it is
+                built inside `training.train`'s strategy scope).
+            seed: Seeds the random architectures.
+            num_random: Random architectures after each largest + smallest pair.
+        """
+        super().__init__()
+        self._supernet = supernet
+        self.seed = seed
+        self.num_random = num_random
+        self._epoch = 0
+
+    @property
+    def supernet(self) -> Supernet:
+        if not isinstance(self._supernet, Supernet):
+            self._supernet = self._supernet()
+        return self._supernet
+
+    def arch_for(self, epoch: int, step: int) -> space_lib.Arch:
+        """The architecture of step `step` of epoch `epoch`."""
+        turn = step % (2 + self.num_random)
+        if turn == 0:
+            return largest_arch(self.supernet.space)
+        if turn == 1:
+            return smallest_arch(self.supernet.space)
+        seed = int(np.random.default_rng([self.seed, epoch, step]).integers(2**31))
+        return self.supernet.space.sample(seed)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.supernet.set_arch(self.arch_for(self._epoch, batch))
+
+    def on_test_begin(self, logs=None):
+        self.supernet.set_arch(largest_arch(self.supernet.space))
+
+
+# The trained supernet as a static model: the shared weights in the original architecture
+# (a plain Keras model anyone can load, and what `load_supernet` builds the supernet from).
+WEIGHTS_FILE = "supernet.keras"
+
+
+def train_supernet(
+    model: keras.Model,
+    space: space_lib.SearchSpace,
+    splits,
+    config: training.TrainConfig,
+    teacher_fn=None,
+    num_random: int = 2,
+) -> Supernet:
+    """Trains the supernet of `space` from `model`'s weights (resumable, under the config's
+    tf.distribute strategy), architectures sampled per step by `ArchSampler`; distilled from
+    `teacher_fn()` (the static model) when `config.distill_weight > 0`.
+
+    With `config.output_dir` set, a finished training leaves `WEIGHTS_FILE` there (the shared
+    weights as a static model, `to_static()`) and a call that finds it loads it instead of
+    training again (`load_supernet`).
+
+    Args:
+        model: The static model (not modified).
+        space: Its `SearchSpace`.
+        splits: The data (`s2dnas_tf.data.Splits`).
+        config: A `training.TrainConfig`.
+        teacher_fn: Builds the distillation teacher.
+        num_random: Random architectures per largest + smallest pair.
+
+    Returns:
+        The trained `Supernet` (its model set to the largest architecture).
+    """
+    path = None if config.output_dir is None else os.path.join(config.output_dir, WEIGHTS_FILE)
+    if path is not None and os.path.exists(path):
+        return load_supernet(model, space, path)
+    built = {}
+
+    def model_fn():
+        built["supernet"] = Supernet(model, space)
+        return built["supernet"].model
+
+    sampler = ArchSampler(lambda: built["supernet"], seed=config.seed, num_random=num_random)
+    training.train(model_fn, splits, config, teacher_fn=teacher_fn, callbacks=[sampler])
+    supernet = built["supernet"]
+    supernet.set_arch(largest_arch(space))
+    if path is not None:
+        with fileio.atomic_path(path, suffix=".keras") as tmp:
+            supernet.to_static().save(tmp)
+    return supernet
+
+
+def load_supernet(
+    model: keras.Model, space: space_lib.SearchSpace, path: str
+) -> Supernet:
+    """The supernet of `space` (built from `model`) with the weights `train_supernet` saved
+    at `path` (a static model of `model`'s architecture)."""
+    del model  # the saved static model has its architecture and the trained weights
+    supernet = Supernet(keras.saving.load_model(path), space)
+    supernet.set_arch(largest_arch(space))
+    return supernet

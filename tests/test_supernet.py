@@ -149,3 +149,42 @@ def test_plan_stage_flops_equal_the_built_networks(name):
     for arch in _archs(space, count=2):
         expected = s2d.stage_flops(s2d.transform(MODELS[name], arch))
         assert rewriter.plan(space, arch).stage_flops() == expected, arch.tokens
+
+
+def test_train_supernet_on_digits_and_score_from_it(tmp_path):
+    """A few steps of supernet training on real digits: the shared weights move, every
+    view still equals its transformed network, a repeated call loads the saved weights, and
+    scoring an arch gives probabilities and the plan's FLOPs."""
+    from s2dnas_tf import data, training
+    from s2dnas_tf.supernet import WEIGHTS_FILE, train_supernet
+
+    splits = data.load_dataset(data.DataConfig(name="digits"))
+    keras.utils.set_random_seed(0)
+    model = build_model("resnet8", input_shape=(8, 8, 1), num_classes=10, width_multiplier=0.5)
+    space = s2d.SearchSpace.from_model(model, num_stages=3)
+    config = training.TrainConfig(
+        output_dir=str(tmp_path), epochs=1, steps_per_epoch=8, batch_size=32,
+        learning_rate=0.02, verbose=0, augment=False,
+    )
+    supernet = train_supernet(model, space, splits, config)
+    assert (tmp_path / WEIGHTS_FILE).exists()
+    trained = supernet.to_static()
+    moved = [
+        not np.allclose(a, b)
+        for a, b in zip(helpers.weights_snapshot(model), helpers.weights_snapshot(trained))
+    ]
+    assert any(moved)
+    again = train_supernet(model, space, splits, config)  # loads, does not train
+    for a, b in zip(helpers.weights_snapshot(trained), helpers.weights_snapshot(again.to_static())):
+        np.testing.assert_array_equal(a, b)
+
+    arch = space.sample(3)
+    probs, stage_flops = supernet.evaluate(arch, splits.x_train[:128], splits.x_val)
+    assert probs.shape == (3, len(splits.x_val), 10)
+    np.testing.assert_allclose(probs.sum(axis=-1), 1.0, atol=1e-6)
+    assert stage_flops == s2d.stage_flops(s2d.transform(model, arch))
+    # The scored view is the transformed network of the supernet's weights.
+    net = s2d.transform(supernet.to_static(), arch)
+    want = np.stack([np.asarray(o) for o in net(splits.x_val[:16], training=False)])
+    got = np.stack([np.asarray(o) for o in supernet.model(splits.x_val[:16], training=False)])
+    np.testing.assert_allclose(got, want, atol=2e-4 * max(1.0, np.abs(want).max()))
