@@ -20,7 +20,22 @@ from s2dnas_tf.rules.base import (
 )
 
 
-class MergeRule(LayerRule):
+class _JoinRule(LayerRule):
+    """A layer joining same-shaped slices elementwise: stage s's output holds the channels
+    of the inputs it computes (`_present`: which, or None for nothing)."""
+
+    def _present(self, node, stage: int, pieces: list) -> list | None:
+        raise NotImplementedError
+
+    def plan(self, node, inputs, ctx):
+        out = []
+        for stage in range(1, ctx.num_stages + 1):
+            present = self._present(node, stage, [v[stage - 1] for v in inputs])
+            out.append(None if present is None else present[0])
+        return [out]
+
+
+class MergeRule(_JoinRule):
     """Add / Multiply / Subtract / Average / Maximum / Minimum, stage by stage."""
 
     def check(self, node, graph):
@@ -45,13 +60,6 @@ class MergeRule(LayerRule):
                     "only some of its inputs; only Add and Multiply accept that."
                 )
         return present
-
-    def plan(self, node, inputs, ctx):
-        out = []
-        for stage in range(1, ctx.num_stages + 1):
-            present = self._present(node, stage, [v[stage - 1] for v in inputs])
-            out.append(None if present is None else present[0])
-        return [out]
 
     def build(self, node, inputs, ctx):
         layer = node.layer
@@ -115,7 +123,7 @@ class ConcatenateRule(LayerRule):
         return [out]
 
 
-class ElementwiseOpRule(LayerRule):
+class ElementwiseOpRule(_JoinRule):
     """`keras.ops` elementwise calls in a functional graph (`x + 3.0`, `x * gate`,
     `keras.ops.relu(x)`), as in keras.applications' MobileNetV3: replayed per stage through
     the public `keras.ops` function, with their constants. Two tensor operands are joined
@@ -162,13 +170,6 @@ class ElementwiseOpRule(LayerRule):
                 "one of its operands; this architecture cannot be built."
             )
         return present
-
-    def plan(self, node, inputs, ctx):
-        out = []
-        for stage in range(1, ctx.num_stages + 1):
-            present = self._present(node, stage, [v[stage - 1] for v in inputs])
-            out.append(None if present is None else present[0])
-        return [out]
 
     def build(self, node, inputs, ctx):
         out = []
