@@ -5,13 +5,14 @@ import keras
 import numpy as np
 import pytest
 
-from s2dnas_tf import count_flops, early_exit, export, rewriter
+from s2dnas_tf import calibration, count_flops, early_exit, export, rewriter
 from s2dnas_tf.models import build_model
 from tests.helpers import images, randomize_normalization_stats
 
 
 @pytest.fixture(scope="module")
 def resnet8():
+    keras.utils.set_random_seed(0)  # the same weights every run, so the same exits
     return randomize_normalization_stats(build_model("resnet8", input_shape=(16, 16, 3)))
 
 
@@ -41,16 +42,49 @@ def test_two_exits_on_three_resolutions(resnet8):
     assert flops[0] > 0.5 * count_flops(resnet8)
 
 
+def _threshold_in_widest_gap(confidence: np.ndarray, least: int, most: int):
+    """A threshold letting between `least` and `most` of `confidence` pass, placed in the
+    widest gap between consecutive values there, so that the export's rounding (BatchNorm
+    folded, another kernel order) cannot move a sample across it.
+
+    Returns:
+        (threshold, margin): the gap's midpoint and half its width.
+    """
+    ranked = np.sort(confidence)[::-1]
+    k = max(range(least, most + 1), key=lambda k: ranked[k - 1] - ranked[k])
+    return (ranked[k - 1] + ranked[k]) / 2, (ranked[k - 1] - ranked[k]) / 2
+
+
 def test_split_and_dynamic_export_agree_with_the_net(resnet8, tmp_path):
+    """The split stages reproduce the net, and `DynamicModule` (batched and batch-1) answers
+    each image with the logits of the stage the exit rule picks, with thresholds that make
+    images exit at every stage."""
     net = early_exit.attach_exits(resnet8)
-    x = images(resnet8, n=4)
+    x = images(resnet8, n=12)
+    stage_logits = [np.asarray(o) for o in net(x)]
     split = export.split_stages(net)
-    for a, b in zip(split.run_all(x), net(x)):
+    for a, b in zip(split.run_all(x), stage_logits):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    module = export.DynamicModule(net, [2.0, 2.0])  # no early exit: the last logits
+
+    probs = calibration.softmax(np.stack(stage_logits).astype(np.float64))
+    confidence = probs.max(-1)
+    # 3..6 of the 12 images exit at stage 1; of the rest, at least 2 at stage 2 and 2 go on.
+    tau1, margin1 = _threshold_in_widest_gap(confidence[0], 3, 6)
+    remaining = confidence[1][confidence[0] < tau1]
+    tau2, margin2 = _threshold_in_widest_gap(remaining, 2, len(remaining) - 2)
+    assert min(margin1, margin2) > 1e-4, (margin1, margin2)
+    expected_stage = calibration.exit_stages(probs, [tau1, tau2])
+    assert sorted(set(expected_stage)) == [1, 2, 3]  # every stage answers some image
+    expected_logits = np.stack(stage_logits)[expected_stage - 1, np.arange(len(x))]
+
+    module = export.DynamicModule(net, [tau1, tau2])
     out = module.serve(x)
-    np.testing.assert_allclose(out["logits"], net(x)[-1], atol=1e-4)
-    assert set(out["exit_stage"].numpy()) == {3}
+    np.testing.assert_array_equal(out["exit_stage"].numpy(), expected_stage)
+    np.testing.assert_allclose(out["logits"], expected_logits, atol=1e-4)
+    for i in range(len(x)):  # the batch-1 function (one nested tf.cond per stage)
+        one = module.serve_batch1(x[i : i + 1])
+        assert int(one["exit_stage"][0]) == expected_stage[i]
+        np.testing.assert_allclose(one["logits"][0], expected_logits[i], atol=1e-4)
 
 
 def test_softmax_output_becomes_logits():
