@@ -235,7 +235,10 @@ def test_class_count_mismatch_is_refused(tmp_path, digits):
         )
 
 
-def test_mirrored_over_two_logical_cpus(tmp_path):
+def test_train_base_mirrored_over_two_logical_cpus(tmp_path, digits):
+    """The command line's --strategy=mirrored --logical_cpus=2 reaches training (2 replicas)
+    and trains: the loss falls and the saved model gives the reported test accuracy.
+    (That mirrored training equals the default strategy is the test above.)"""
     out = tmp_path / "run"
     result = subprocess.run(
         [
@@ -249,8 +252,115 @@ def test_mirrored_over_two_logical_cpus(tmp_path):
     report = json.loads((out / "base_report.json").read_text())
     assert report["flags"]["strategy"] == "mirrored"
     assert "strategy mirrored: 2 replica(s)" in result.stdout
-    assert 0.0 <= report["test_accuracy"] <= 1.0
-    assert (out / "model.keras").exists()
+    history = report["history"]
+    assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0], history
+    # Training-mode accuracy: 42 steps learn the digits (the test accuracy stays low
+    # because BatchNorm's moving statistics, momentum 0.99, have not caught up yet).
+    assert history["accuracy"][-1] > 0.8, history
+    model = keras.saving.load_model(out / "model.keras")
+    accuracy = float((model.predict(digits.x_test, verbose=0).argmax(-1) == digits.y_test).mean())
+    # Another batch split may flip a near-tie or two of this barely trained model.
+    assert accuracy == pytest.approx(report["test_accuracy"], abs=3 / len(digits.y_test))
+
+
+# Trains a tiny BatchNorm-free 2-stage net under the default strategy and under
+# MirroredStrategy over 2 logical CPUs (which must be set before TensorFlow starts, hence a
+# fresh process), on a training split of exactly one global batch, so both see the same
+# images at every step. Prints one JSON line: per strategy, the replica count of the scope
+# the model was built in, the loss history, and the initial and final weights.
+MIRRORED_VS_DEFAULT = """
+import dataclasses, json, sys
+import tensorflow as tf
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+import numpy as np
+from s2dnas_tf import data, training
+
+distill_weight = float(sys.argv[1])
+splits = data.load_dataset(data.DataConfig(name="digits"))
+splits = dataclasses.replace(splits, x_train=splits.x_train[:64], y_train=splits.y_train[:64])
+
+
+def teacher():
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input(splits.image_shape)
+    x = keras.layers.Flatten()(keras.layers.Rescaling(8 / 255)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(splits.num_classes)(x))
+
+
+result = {}
+for strategy in ("default", "mirrored"):
+    seen = {}
+
+    def model_fn():
+        seen["replicas"] = tf.distribute.get_strategy().num_replicas_in_sync
+        inputs = keras.Input(splits.image_shape)
+        x = keras.layers.Rescaling(1 / 255)(inputs)
+        x = keras.layers.Flatten()(keras.layers.Conv2D(4, 3, activation="relu")(x))
+        heads = [keras.layers.Dense(splits.num_classes)(x) for _ in range(2)]
+        net = keras.Model(inputs, heads)
+        seen["initial"] = [np.asarray(w).tolist() for w in net.get_weights()]
+        return net
+
+    config = training.TrainConfig(
+        None, epochs=2, batch_size=64, steps_per_epoch=5, augment=False, verbose=0,
+        ephemeral=True, strategy=strategy, distill_weight=distill_weight,
+        distill_temperature=2.0,
+    )
+    net, history = training.train(
+        model_fn, splits, config, teacher_fn=teacher if distill_weight else None
+    )
+    result[strategy] = dict(
+        seen, loss=history["loss"], final=[np.asarray(w).tolist() for w in net.get_weights()]
+    )
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize(
+    "distill_weight",
+    [
+        0.0,
+        pytest.param(
+            1.0,
+            marks=[
+                # Slow tier: one more process and two trainings, for a known defect.
+                pytest.mark.slow,
+                pytest.mark.xfail(
+                    strict=True,
+                    reason="DistillingModel.compute_loss adds its term unscaled by "
+                    "1/replicas while Keras scales the compiled loss, so under 2 replicas "
+                    "distillation counts twice (reported with issue 16; remove this mark "
+                    "once fixed)",
+                ),
+            ],
+        ),
+    ],
+)
+def test_mirrored_over_two_logical_cpus_matches_the_default_strategy(tmp_path, distill_weight):
+    """MirroredStrategy really runs 2 replicas, and splitting each batch over them changes
+    nothing: the same images give the same losses and weights as the default strategy (the
+    net has no BatchNorm, whose batch statistics would be per replica), and training
+    moved the weights and lowered the loss."""
+    result = subprocess.run(
+        [sys.executable, "-c", MIRRORED_VS_DEFAULT, str(distill_weight)],
+        capture_output=True, text=True, env=env(), timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    default, mirrored = runs["default"], runs["mirrored"]
+    assert (default["replicas"], mirrored["replicas"]) == (1, 2)
+    for run in (default, mirrored):
+        assert run["loss"][-1] < run["loss"][0]
+        moved = [np.abs(np.subtract(a, b)).max() for a, b in zip(run["initial"], run["final"])]
+        assert min(moved) > 1e-3, moved
+    np.testing.assert_allclose(mirrored["loss"], default["loss"], rtol=1e-5)
+    for a, b in zip(mirrored["initial"], default["initial"]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(mirrored["final"], default["final"]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def _free_ports(n):
