@@ -4,7 +4,7 @@
 
 Every method is trained on the same images and measured on the same test split:
   static         the static model (`--base_model`, e.g. the shipped checkpoint, when it was
-                 trained on this run's data; else trained here with train_base.py);
+                 trained on this run's data; else trained here like train_base.py);
   static_ft      the static model trained --epochs more with the dynamic methods' recipe
                  (learning rate, distillation from itself): train_dynamic.py --num_stages=1.
                  The fair reference for the accuracy goal (the dynamic methods get those
@@ -19,23 +19,23 @@ Every method is trained on the same images and measured on the same test split:
                  calibrated like the searched ones (train_dynamic.py): what the search adds;
   s2dnas_rl      the full pipeline with the REINFORCE search (search.py --searcher=rl);
   s2dnas_random  the same with random search and the same number of candidates.
-Each step is a run of the project's own command in `--output_dir/<method>/`; then every
-method's SavedModel (and TFLite model) is timed at batch 1 over the test images, all of them
-in turns so that the machine's drift falls on all alike (`s2dnas_tf.latency.time_models`).
+Each step is the run of one of those entry points in `--output_dir/<method>/`: the library's
+run (`s2dnas_tf.runs`) with the config that command would build from the flag values shown
+in the log (`cli_common.step_flags`), in a fresh process of its own (see `_start`). Then
+every method's SavedModel (and TFLite model) is timed at batch 1 over the test images, all of
+them in turns so that the machine's drift falls on all alike (`s2dnas_tf.latency.time_models`).
 Writes `<results_dir>/<results_name>.{json,md,png}` and prints the table.
 
 Resumable: killed and started again with the same command, finished steps are skipped and a
-step that was running resumes from its own last checkpoint (the commands are resumable).
+step that was running resumes from its own last checkpoint (the runs are resumable).
 Progress goes to stdout; run it in the background, e.g. with `nohup ... > bench.log &`.
 """
 
-import hashlib
 import json
+import multiprocessing
 import os
-import platform
 import shlex
 import signal
-import subprocess
 import sys
 import time
 
@@ -43,7 +43,7 @@ import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 from absl import flags
 
 FLAGS = flags.FLAGS
-cli_common.define_data_flags()
+cli_common.define_flags(*cli_common.DATA_FLAGS)
 flags.DEFINE_boolean(
     "full_train_set", False, "Train on all training images (overrides --per_class_limit)."
 )
@@ -54,41 +54,44 @@ flags.DEFINE_list(
     "static_ft (the static model trained --epochs more with the dynamic methods' recipe) and "
     "s2dnas_default (the space's default architecture, no search) are not run unless listed.",
 )
-flags.DEFINE_string(
-    "base_model", None,
-    "A trained static model (.keras) with its sidecar <name>.json saying which data it was "
-    "trained on; used when that matches this run's data, else the static model is trained "
-    "here.",
+# The flags the benchmark shares with the runs' entry points (their meaning here in `helps`).
+cli_common.define_flags(
+    "base_model", "model", "base_epochs", "num_stages", "flops_budget", "channel_multiple",
+    "reject_idle_stages", "num_candidates", "search_batch_size", "candidate_steps",
+    "max_first_stage_flops", "candidate_learning_rate", "epochs", "learning_rate",
+    "batch_size", "distill_weight", "distill_temperature", "steps_per_epoch", "seed",
+    "verbose", "output_dir",
+    helps={
+        "base_model": "A trained static model (.keras) with its sidecar <name>.json saying "
+        "which data it was trained on; used when that matches this run's data, else the "
+        "static model is trained here.",
+        "model": "The static model to train when --base_model is unusable.",
+        "base_epochs": "Epochs of the static (and thin) model trained here.",
+        "num_stages": "Stages / exits of the dynamic methods.",
+        "flops_budget": "Average-FLOPs budget of the dynamic methods' thresholds.",
+        "channel_multiple": "The S2DNAS methods' space (s2dnas_rl, s2dnas_random, "
+        "s2dnas_default): every stage's channel count in a unit of C channels is a multiple "
+        "of gcd(C, this); 8 suits TFLite's kernels. 1: any count (the committed runs).",
+        "num_candidates": "Architectures each search evaluates.",
+        "candidate_steps": "Fine-tuning steps per candidate.",
+        "epochs": "Training epochs of the chosen S2DNAS nets and of early_exit.",
+        "learning_rate": "Peak learning rate of that training.",
+        "batch_size": "Batch size of every training.",
+        "steps_per_epoch": "Cap on steps per epoch of every training (tests).",
+        "seed": "Seed of the data split, training and search.",
+        "output_dir": "Where the methods' runs go.",
+    },
 )
-flags.DEFINE_string("model", "resnet20", "The static model to train when --base_model is unusable.")
-flags.DEFINE_integer("base_epochs", 15, "Epochs of the static (and thin) model trained here.")
+# The benchmark's recipe (experiments/configs/benchmark_cifar10_resnet20.flags sets them too).
+FLAGS.set_default("base_epochs", 15)
+FLAGS.set_default("num_candidates", 16)
+FLAGS.set_default("candidate_steps", 60)
+FLAGS.set_default("epochs", 10)
 flags.DEFINE_float("base_learning_rate", 0.1, "Learning rate of the static (and thin) model.")
 flags.DEFINE_float("thin_width", 0.5, "Width multiplier of thin_static.")
-flags.DEFINE_integer("num_stages", 3, "Stages / exits of the dynamic methods.")
-flags.DEFINE_float("flops_budget", 0.5, "Average-FLOPs budget of the dynamic methods' thresholds.")
-flags.DEFINE_integer(
-    "channel_multiple", 1,
-    "The S2DNAS methods' space (s2dnas_rl, s2dnas_random, s2dnas_default): every stage's "
-    "channel count in a unit of C channels is a multiple of gcd(C, this); 8 suits TFLite's "
-    "kernels. 1: any count (the committed runs).",
-)
-flags.DEFINE_boolean(
-    "reject_idle_stages", False,
-    "The searches skip architectures with a stage that only repeats an earlier exit "
-    "(search.py's flag of the same name).",
-)
-flags.DEFINE_integer("num_candidates", 16, "Architectures each search evaluates.")
-flags.DEFINE_integer("search_batch_size", 4, "Architectures per controller update.")
-flags.DEFINE_integer("candidate_steps", 60, "Fine-tuning steps per candidate.")
-flags.DEFINE_float(
-    "max_first_stage_flops", None,
-    "The searches only consider architectures whose first stage costs at most this fraction "
-    "of the static FLOPs (search.py's flag of the same name); unset: no cap.",
-)
-flags.DEFINE_float("candidate_learning_rate", 0.01, "Learning rate of the candidates.")
 flags.DEFINE_boolean(
     "parallel_searches", False,
-    "Run s2dnas_random's search (search.py --stop_after_search) in a second process while "
+    "Run s2dnas_random's search (its run with stop_after_search) in a second process while "
     "s2dnas_rl's step runs. A candidate's fine-tune spends about half its time tracing and "
     "building graphs on one core, so two searches side by side use both cores better; the "
     "candidates and their rewards are the same (each search has its own seed and log).",
@@ -100,13 +103,6 @@ flags.DEFINE_enum(
     "run whether listed in --methods or not). static_ft costs --epochs more epochs, and "
     "the dynamic nets then compete with the stronger reference on equal terms.",
 )
-flags.DEFINE_integer("epochs", 10, "Training epochs of the chosen S2DNAS nets and of early_exit.")
-flags.DEFINE_float("learning_rate", 0.05, "Peak learning rate of that training.")
-flags.DEFINE_integer("batch_size", 128, "Batch size of every training.")
-flags.DEFINE_float("distill_weight", 1.0, "Distillation from the static model (dynamic methods).")
-flags.DEFINE_float("distill_temperature", 4.0, "Distillation temperature.")
-flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch of every training (tests).")
-flags.DEFINE_integer("seed", 0, "Seed of the data split, training and search.")
 flags.DEFINE_integer("latency_images", None, "Time the first N test images (default: all).")
 flags.DEFINE_integer("latency_warmup", 20, "Untimed calls before timing.")
 flags.DEFINE_integer(
@@ -115,28 +111,16 @@ flags.DEFINE_integer(
     "timing (1: single-stream latency, like a phone core).",
 )
 flags.DEFINE_boolean("tflite", True, "Also time the float TFLite models (needs ai-edge-litert).")
-flags.DEFINE_integer("verbose", 2, "Keras progress output of the trainings (0, 1, 2).")
-flags.DEFINE_string("output_dir", None, "Where the methods' runs go.")
 flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
 flags.DEFINE_string("results_name", None, "Results file name (default: <dataset>_<model>).")
 flags.mark_flag_as_required("output_dir")
-for _name in ("channel_multiple", "base_epochs", "num_candidates", "search_batch_size",
-              "candidate_steps", "epochs", "batch_size"):
-    flags.register_validator(_name, lambda v: v >= 1, f"--{_name} must be >= 1.")
 flags.register_validator("latency_warmup", lambda v: v >= 0, "--latency_warmup must be >= 0.")
 flags.register_validator("latency_threads", lambda v: v >= 1, "--latency_threads must be >= 1.")
 flags.register_validator("num_stages", lambda v: v >= 2, "--num_stages must be >= 2.")
 flags.register_validator("thin_width", lambda v: 0 < v < 1, "--thin_width must be in (0, 1).")
-flags.register_validator("flops_budget", lambda v: 0 < v <= 1, "--flops_budget must be in (0, 1].")
 flags.register_validator(
     "latency_images", lambda v: v is None or v >= 1, "--latency_images must be >= 1."
 )
-flags.register_validator(
-    "max_first_stage_flops", lambda v: v is None or 0 < v <= 1,
-    "--max_first_stage_flops must be in (0, 1] (a fraction of the static model's FLOPs).",
-)
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def _say(message: str) -> None:
@@ -151,52 +135,133 @@ class SettingsChanged(ValueError):
     pass
 
 
-def _check_step(method: str, run_dir: str, args: list[str]) -> None:
-    """Records the command-line arguments of a method's step in <run_dir>/benchmark_step.json,
-    and refuses to skip or resume a step that was started with other ones (a resumed run
-    with other epochs, budget, ... would mix two experiments)."""
-    path = os.path.join(run_dir, "benchmark_step.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            before = json.load(f).get("args")
-        if before != args:
-            changed = sorted(set(before or []) ^ set(args))
-            raise SettingsChanged(
-                f"{run_dir} holds a {method} run made with other settings (differing "
-                f"arguments: {' '.join(changed)}); use another --output_dir, or delete "
-                f"{run_dir} to redo it."
-            )
-        return
-    os.makedirs(run_dir, exist_ok=True)
-    cli_common.write_json(path, {"method": method, "args": args})
-
-
-def _run(step: str, script: str, args: list[str]) -> float:
-    """Runs one of the project's commands; returns its wall time in seconds."""
-    command = [sys.executable, os.path.join(_HERE, script)] + args
-    _say(f"{step}: {' '.join(shlex.quote(c) for c in command[1:])}")
-    start = time.time()
-    code = subprocess.call(command)
-    if code != 0:
-        raise StepFailed(f"step {step} failed (exit code {code}); its output is above.")
-    return time.time() - start
+# --- The steps ---------------------------------------------------------------------------------
+# A step is a run kind of cli_common.RUN_FLAGS ("train_base", "search", "train_dynamic") and
+# the flag values of its entry point that the benchmark sets (the others keep the entry
+# point's defaults): the command the step stands for, and what its directory records.
 
 
 def _per_class_limit():
     return None if FLAGS.full_train_set else FLAGS.per_class_limit
 
 
-def _data_args() -> list[str]:
-    args = [f"--dataset={FLAGS.dataset}", f"--validation_fraction={FLAGS.validation_fraction}",
-            f"--seed={FLAGS.seed}", f"--batch_size={FLAGS.batch_size}",
-            f"--verbose={FLAGS.verbose}"]
-    if FLAGS.data_dir:
-        args.append(f"--data_dir={FLAGS.data_dir}")
-    if _per_class_limit():
-        args.append(f"--per_class_limit={_per_class_limit()}")
-    if FLAGS.steps_per_epoch:
-        args.append(f"--steps_per_epoch={FLAGS.steps_per_epoch}")
-    return args
+def _data_values() -> dict:
+    return {"dataset": FLAGS.dataset, "data_dir": FLAGS.data_dir,
+            "per_class_limit": _per_class_limit(),
+            "validation_fraction": FLAGS.validation_fraction, "seed": FLAGS.seed,
+            "batch_size": FLAGS.batch_size, "steps_per_epoch": FLAGS.steps_per_epoch,
+            "verbose": FLAGS.verbose}
+
+
+def _static_step(method: str, recipe: dict) -> tuple[str, dict]:
+    """static (trained here) and thin_static: the static model's recipe, from scratch."""
+    values = {**_data_values(), "model": recipe["model"], "epochs": recipe["epochs"],
+              "learning_rate": recipe["learning_rate"], "augment": recipe["augment"],
+              "output_dir": os.path.join(FLAGS.output_dir, method)}
+    if method == "thin_static":
+        values["width_multiplier"] = FLAGS.thin_width
+    return "train_base", values
+
+
+def _dynamic_step(method: str, base_path: str, dynamic_base: str) -> tuple[str, dict]:
+    """The steps that start from a static model: static_ft, early_exit, s2dnas_*."""
+    values = {**_data_values(), "base_model": dynamic_base, "num_stages": FLAGS.num_stages,
+              "flops_budget": FLAGS.flops_budget, "epochs": FLAGS.epochs,
+              "learning_rate": FLAGS.learning_rate, "distill_weight": FLAGS.distill_weight,
+              "distill_temperature": FLAGS.distill_temperature,
+              "output_dir": os.path.join(FLAGS.output_dir, method)}
+    if method == "static_ft":
+        # The dynamic methods' training on the one-stage "network": the static model itself
+        # (S = 1 reproduces it), distilled from its original weights.
+        return "train_dynamic", {**values, "base_model": base_path, "num_stages": 1,
+                                 "flops_budget": 1.0}
+    if method == "early_exit":
+        return "train_dynamic", {**values, "early_exit": True}
+    values["channel_multiple"] = FLAGS.channel_multiple  # the S2DNAS space
+    if method == "s2dnas_default":
+        return "train_dynamic", values
+    return "search", {
+        **values, "searcher": method.split("_")[1], "reward": "budget",
+        "num_candidates": FLAGS.num_candidates, "search_batch_size": FLAGS.search_batch_size,
+        "candidate_steps": FLAGS.candidate_steps,
+        "candidate_learning_rate": FLAGS.candidate_learning_rate,
+        "max_first_stage_flops": FLAGS.max_first_stage_flops,
+        "reject_idle_stages": FLAGS.reject_idle_stages,
+    }
+
+
+def _show(values: dict) -> str:
+    return " ".join(f"--{name}={value}" for name, value in values.items() if value is not None)
+
+
+def _check_step(method: str, kind: str, values: dict) -> None:
+    """Records a method's step in <run_dir>/benchmark_step.json, and refuses to skip or
+    resume a step that was started with other settings (a resumed run with other epochs,
+    budget, ... would mix two experiments). Settings are compared resolved, as the step's
+    entry point sees them; a record of an older benchmark holds that command's "args"."""
+    run_dir = os.path.join(FLAGS.output_dir, method)
+    path = os.path.join(run_dir, "benchmark_step.json")
+    now = cli_common.flag_dict(cli_common.step_flags(kind, values))
+    if not os.path.isfile(path):
+        from s2dnas_tf import fileio
+
+        fileio.write_json(path, {"method": method, "kind": kind, "flags": values})
+        return
+    with open(path) as f:
+        record = json.load(f)
+    try:
+        before = cli_common.flag_dict(cli_common.step_flags(
+            kind, values=record.get("flags"), args=record.get("args")))
+    except flags.Error as e:
+        before = {"(unreadable record)": str(e)}
+    changed = sorted(n for n in set(before) | set(now) if before.get(n) != now.get(n))
+    if changed or record.get("kind", kind) != kind:
+        raise SettingsChanged(
+            f"{run_dir} holds a {method} run made with other settings (recorded: "
+            f"{_show({n: before.get(n) for n in changed})}; now: "
+            f"{_show({n: now.get(n) for n in changed})}); use another --output_dir, or "
+            f"delete {run_dir} to redo it."
+        )
+
+
+def _start(method: str, kind: str, values: dict):
+    """Starts a step's run in a fresh process. A process of its own, because TensorFlow's
+    state is per process: the thread pools are fixed at its first op (this process times
+    with --latency_threads), op determinism is switched on for the whole process (a
+    search's), and each training leaves memory behind; and so that s2dnas_random's search
+    can run alongside s2dnas_rl's step."""
+    step = cli_common.step_flags(kind, values)
+    settings = cli_common.flag_dict(step)
+    config = cli_common.RUN_CONFIGS[kind](settings)
+    process = multiprocessing.get_context("spawn").Process(
+        target=cli_common.call_and_exit, args=(kind, config, settings, method), name=method,
+        daemon=True,
+    )
+    process.start()
+    return process
+
+
+def _wait(method: str, process) -> None:
+    """Waits for a step's process; a failed step raises StepFailed, and an interrupted
+    wait (Ctrl-C, `kill`) stops the process."""
+    try:
+        process.join()
+    except BaseException:
+        process.terminate()
+        process.join()
+        raise
+    if process.exitcode != 0:
+        raise StepFailed(
+            f"step {method} failed (exit code {process.exitcode}); its output is above."
+        )
+
+
+def _run(method: str, kind: str, values: dict) -> float:
+    """Runs a step and returns its wall time in seconds."""
+    _say(f"{method}: {kind} {_show(values)}")
+    start = time.time()
+    _wait(method, _start(method, kind, values))
+    return time.time() - start
 
 
 def _data_key() -> dict:
@@ -228,10 +293,12 @@ def _timings_path():
 
 
 def _record_seconds(step: str, seconds: float) -> None:
+    from s2dnas_tf import fileio
+
     path = _timings_path()
     timings = json.load(open(path)) if os.path.exists(path) else {}
     timings[step] = timings.get(step, 0.0) + seconds
-    cli_common.write_json(path, timings)
+    fileio.write_json(path, timings)
 
 
 def _requested_methods() -> list[str]:
@@ -244,97 +311,39 @@ def _requested_methods() -> list[str]:
 def _train_steps(base_path: str, recipe: dict) -> None:
     """Runs the training / search step of every requested method that is not done."""
     out = FLAGS.output_dir
-
-    def common_dynamic(base, num_stages=FLAGS.num_stages, flops_budget=FLAGS.flops_budget):
-        return [
-            f"--base_model={base}", f"--num_stages={num_stages}",
-            f"--flops_budget={flops_budget}", f"--epochs={FLAGS.epochs}",
-            f"--learning_rate={FLAGS.learning_rate}", f"--distill_weight={FLAGS.distill_weight}",
-            f"--distill_temperature={FLAGS.distill_temperature}",
-        ]
-
     dynamic_base = base_path  # static_ft's static.keras once it is trained, if asked for
     if FLAGS.dynamic_from == "static_ft":
         dynamic_base = os.path.join(out, "static_ft", "static.keras")
     background = None  # (process, start time) of s2dnas_random's search run alongside
     for method in _requested_methods():
-        run_dir = os.path.join(out, method)
-        if method == "thin_static":
-            args = _data_args() + [
-                f"--model={recipe['model']}", f"--width_multiplier={FLAGS.thin_width}",
-                f"--epochs={recipe['epochs']}", f"--learning_rate={recipe['learning_rate']}",
-                f"--augment={str(recipe['augment']).lower()}", f"--output_dir={run_dir}",
-            ]
-            _check_step(method, run_dir, args)
-            if os.path.isfile(os.path.join(run_dir, "model.keras")):
-                _say("thin_static: trained already")
-                continue
-            seconds = _run("thin_static", "train_base.py", args)
-        elif method in ("static_ft", "early_exit", "s2dnas_default"):
-            if method == "static_ft":
-                # The dynamic methods' training on the one-stage "network": the static model
-                # itself (S = 1 reproduces it), distilled from its original weights.
-                common = common_dynamic(base_path, num_stages=1, flops_budget=1.0)
-            else:
-                common = common_dynamic(dynamic_base)
-                common += ["--early_exit"] if method == "early_exit" else _space_args()
-            args = _data_args() + common + [f"--output_dir={run_dir}"]
-            _check_step(method, run_dir, args)
-            if os.path.isfile(os.path.join(run_dir, "report.json")):
-                _say(f"{method}: done already")
-                continue
-            seconds = _run(method, "train_dynamic.py", args)
-        elif method in ("s2dnas_rl", "s2dnas_random"):
-            args = _search_args(method, common_dynamic(dynamic_base))
-            _check_step(method, run_dir, args)
-            if os.path.isfile(os.path.join(run_dir, "report.json")):
-                _say(f"{method}: done already")
-                continue
-            if method == "s2dnas_rl" and _search_alongside():
-                background = _start_random_search(common_dynamic(dynamic_base))
-            try:
-                seconds = _run(method, "search.py", args)
-            except BaseException:  # a failed or killed step takes its companion with it
-                if background is not None:
-                    background[0].terminate()
-                    background[0].wait()
-                raise
-            if background is not None and method == "s2dnas_rl":
-                process, started = background
-                _say("s2dnas_random: waiting for its search (run alongside s2dnas_rl)")
-                code = process.wait()
-                _record_seconds("s2dnas_random", time.time() - started)
-                if code != 0:
-                    raise StepFailed(
-                        f"s2dnas_random's search (run alongside s2dnas_rl) failed (exit code "
-                        f"{code}); its output is above."
-                    )
-        else:
+        if method == "static":
             continue
+        if method == "thin_static":
+            kind, values = _static_step(method, recipe)
+            done, said = "model.keras", "trained already"
+        else:
+            kind, values = _dynamic_step(method, base_path, dynamic_base)
+            done, said = "report.json", "done already"
+        _check_step(method, kind, values)
+        if os.path.isfile(os.path.join(out, method, done)):
+            _say(f"{method}: {said}")
+            continue
+        if method == "s2dnas_rl" and _search_alongside():
+            background = _start_random_search(base_path, dynamic_base)
+        try:
+            seconds = _run(method, kind, values)
+        except BaseException:  # a failed or killed step takes its companion with it
+            if background is not None:
+                background[0].terminate()
+                background[0].join()
+            raise
         _record_seconds(method, seconds)
-
-
-def _search_args(method: str, common_dynamic: list[str]) -> list[str]:
-    run_dir = os.path.join(FLAGS.output_dir, method)
-    args = _data_args() + common_dynamic + [
-        f"--searcher={method.split('_')[1]}",
-        f"--num_candidates={FLAGS.num_candidates}",
-        f"--search_batch_size={FLAGS.search_batch_size}",
-        f"--candidate_steps={FLAGS.candidate_steps}",
-        f"--candidate_learning_rate={FLAGS.candidate_learning_rate}",
-        "--reward=budget", f"--output_dir={run_dir}",
-    ] + _space_args()
-    if FLAGS.max_first_stage_flops is not None:
-        args.append(f"--max_first_stage_flops={FLAGS.max_first_stage_flops}")
-    if FLAGS.reject_idle_stages:  # only when set: older run directories keep matching
-        args.append("--reject_idle_stages")
-    return args
-
-
-def _space_args() -> list[str]:
-    """The S2DNAS steps' space flags beyond the defaults (none by default, so the steps'
-    commands, and run directories made before the flag existed, stay as they were)."""
-    return [] if FLAGS.channel_multiple == 1 else [f"--channel_multiple={FLAGS.channel_multiple}"]
+        if background is not None and method == "s2dnas_rl":
+            process, started = background
+            _say("s2dnas_random: waiting for its search (run alongside s2dnas_rl)")
+            _wait("s2dnas_random's search (run alongside s2dnas_rl)", process)
+            _record_seconds("s2dnas_random", time.time() - started)
+            background = None
 
 
 def _search_alongside() -> bool:
@@ -346,33 +355,26 @@ def _search_alongside() -> bool:
     return not any(os.path.isfile(os.path.join(run_dir, f)) for f in ("arch.json", "report.json"))
 
 
-def _start_random_search(common_dynamic: list[str]):
-    """Starts s2dnas_random's search (its step's own command plus --stop_after_search) in
-    the background; its later step finds the search done in its log and only trains."""
+def _start_random_search(base_path: str, dynamic_base: str):
+    """Starts s2dnas_random's search (its step's run, stopped after the search) in the
+    background; its later step finds the search done in its log and only trains."""
     method = "s2dnas_random"
-    run_dir = os.path.join(FLAGS.output_dir, method)
-    args = _search_args(method, common_dynamic)
-    _check_step(method, run_dir, args)
-    command = [sys.executable, os.path.join(_HERE, "search.py")] + args + ["--stop_after_search"]
-    _say(f"{method} (its search, alongside s2dnas_rl): "
-         f"{' '.join(shlex.quote(c) for c in command[1:])}")
-    return subprocess.Popen(command), time.time()
+    kind, values = _dynamic_step(method, base_path, dynamic_base)
+    _check_step(method, kind, values)
+    _say(f"{method} (its search, alongside s2dnas_rl): {kind} {_show(values)} "
+         "--stop_after_search=True")
+    return _start(method, kind, {**values, "stop_after_search": True}), time.time()
 
 
 def _fingerprint(method: str, base_path: str) -> str:
     """SHA-256 of what a method's measurements come from: its model file (static,
     thin_static) or its report.json (the trained dynamic runs; it names their exports)."""
+    from s2dnas_tf import benchmark
+
     if method == "static":
-        path = base_path
-    elif method == "thin_static":
-        path = os.path.join(FLAGS.output_dir, method, "model.keras")
-    else:
-        path = os.path.join(FLAGS.output_dir, method, "report.json")
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return benchmark.file_sha256(base_path)
+    name = "model.keras" if method == "thin_static" else "report.json"
+    return benchmark.file_sha256(os.path.join(FLAGS.output_dir, method, name))
 
 
 def _measure_all(names, base_path, splits, images, static_flops):
@@ -383,7 +385,7 @@ def _measure_all(names, base_path, splits, images, static_flops):
     measured again; delete the file to measure again anyway)."""
     import keras
 
-    from s2dnas_tf import benchmark, count_flops, export, latency, training
+    from s2dnas_tf import benchmark, count_flops, export, fileio, latency, training
 
     cache = os.path.join(FLAGS.output_dir, "measurements.json")
     key = {"methods": list(names), "num_images": len(images),
@@ -410,7 +412,7 @@ def _measure_all(names, base_path, splits, images, static_flops):
                 FLAGS.tflite) else None
             prepared[method] = {
                 "accuracy": float((probs.argmax(-1) == splits.y_test).mean()),
-                "flops": count_flops(model), "train_seconds": _train_seconds(path),
+                "flops": count_flops(model), "train_seconds": benchmark.static_train_seconds(path),
             }
         else:
             with open(os.path.join(run_dir, "report.json")) as f:
@@ -456,35 +458,8 @@ def _measure_all(names, base_path, splits, images, static_flops):
              f"{record['avg_flops'] / 1e6:.2f} MFLOPs, SavedModel {record['latency_ms']:.3f} "
              f"ms/image" + ("" if record.get("tflite_latency_ms") is None
                             else f", TFLite {record['tflite_latency_ms']:.3f} ms/image"))
-    cli_common.write_json(cache, {"key": key, "records": records})
+    fileio.write_json(cache, {"key": key, "records": records})
     return records
-
-
-def _train_seconds(model_path: str):
-    """Training wall time of a static model, from train_base.py's report or a
-    checkpoint's sidecar (None when neither says)."""
-    for candidate in (os.path.join(os.path.dirname(model_path), "base_report.json"),
-                      os.path.splitext(model_path)[0] + ".json"):
-        if os.path.isfile(candidate):
-            with open(candidate) as f:
-                seconds = json.load(f).get("train_seconds")
-            if seconds is not None:
-                return float(seconds)
-    return None
-
-
-def _machine() -> str:
-    import tensorflow as tf
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} CPU cores ({cpu}), no GPU used, Python "
-            f"{platform.python_version()}, TensorFlow {tf.__version__}, {platform.system()}")
 
 
 def main(argv):
@@ -497,17 +472,16 @@ def main(argv):
     out = FLAGS.output_dir
     os.makedirs(out, exist_ok=True)
     start = time.time()
-    # `kill` (SIGTERM) unwinds like Ctrl-C, so the running step's processes are stopped too
-    # (subprocess.call kills its child when interrupted) instead of running on orphaned.
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the running step's process is stopped too
+    # (`_wait` terminates it when interrupted) instead of running on orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    from s2dnas_tf import benchmark, count_flops, data, latency
+    from s2dnas_tf import benchmark, count_flops, data, fileio, latency
 
     latency.set_tf_threads(FLAGS.latency_threads)  # before TensorFlow's first op
 
     try:
-        splits = data.load_dataset(data.DataConfig(
-            name=FLAGS.dataset, data_dir=FLAGS.data_dir, per_class_limit=_per_class_limit(),
-            validation_fraction=FLAGS.validation_fraction, seed=FLAGS.seed,
+        splits = data.load_dataset(cli_common.data_config(
+            {**FLAGS.flag_values_dict(), "per_class_limit": _per_class_limit()}
         ))
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
         return cli_common.usage_error(str(e))
@@ -522,15 +496,10 @@ def main(argv):
         _say(f"static: training {FLAGS.model} here ({why})")
         recipe = {"model": FLAGS.model, "epochs": FLAGS.base_epochs,
                   "learning_rate": FLAGS.base_learning_rate, "augment": FLAGS.dataset != "digits"}
-        static_dir = os.path.join(out, "static")
-        base_path = os.path.join(static_dir, "model.keras")
+        base_path = os.path.join(out, "static", "model.keras")
         if not os.path.isfile(base_path):
             try:
-                seconds = _run("static", "train_base.py", _data_args() + [
-                    f"--model={recipe['model']}", f"--epochs={recipe['epochs']}",
-                    f"--learning_rate={recipe['learning_rate']}",
-                    f"--augment={str(recipe['augment']).lower()}", f"--output_dir={static_dir}",
-                ])
+                seconds = _run("static", *_static_step("static", recipe))
             except StepFailed as e:
                 print(f"benchmark.py: {e}", file=sys.stderr)
                 return 1
@@ -561,7 +530,7 @@ def main(argv):
         "command": "python experiments/benchmark.py " + " ".join(
             shlex.quote(a) for a in sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "machine": _machine(),
+        "machine": benchmark.machine_description(),
         "data": (f"{len(splits.x_train)} training + {len(splits.x_val)} validation images "
                  f"({'all' if not _per_class_limit() else f'first {_per_class_limit()}'} per "
                  f"class, validation held out of them), {len(splits.x_test)} test images; "
@@ -592,12 +561,9 @@ def main(argv):
     name = FLAGS.results_name or f"{FLAGS.dataset}_{recipe['model']}"
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     base = os.path.join(FLAGS.results_dir, name)
-    cli_common.write_json(base + ".json", results)
+    fileio.write_json(base + ".json", results)
     markdown = benchmark.to_markdown(results)
-    tmp = base + ".md.tmp"
-    with open(tmp, "w") as f:
-        f.write(markdown)
-    os.replace(tmp, base + ".md")
+    fileio.write_text(base + ".md", markdown)
     benchmark.plot(results, base + ".png")
     print(markdown, flush=True)
     _say(f"wrote {base}.json, .md and .png ({time.time() - start:.0f} s in this invocation)")

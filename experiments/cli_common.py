@@ -1,7 +1,19 @@
-"""What every experiments/ entry point shares: absl start-up with exit code 2 on bad flags.
+"""What the experiments/ entry points share: their flags, the library configs built from them,
+and the command-line contract.
 
-absl exits with status 1 when a flag or validator rejects a value; our command-line contract
-is status 2 (a usage error) with one line that says what is accepted.
+Flags are defined here, once each, every one optional, with the default the entry points
+share (absl refuses a second definition of a name). An entry point defines the ones it takes
+(`define_flags`; a run's whole set with `define_run_flags`), marks what it needs, and where
+it needs another default says so with `FLAGS.set_default` (benchmark.py).
+
+Configs: `data_config`, `train_config` and the runs' `train_base_config`, `search_config`,
+`train_dynamic_config` build the library's dataclasses from flag values, here and nowhere
+else. The benchmark describes each of its steps as the flag values of the run's entry point
+(`step_flags`), so that a step is exactly the run the command would make.
+
+The contract: absl exits with status 1 when a flag or validator rejects a value; ours is
+status 2 (a usage error) with one line that says what is accepted, for bad flags and for
+input the library refuses (`s2dnas_tf.runs.InputError`).
 """
 
 import os
@@ -13,6 +25,8 @@ from absl import app, flags
 
 USAGE_ERROR = 2
 
+FLAGS = flags.FLAGS
+
 
 def _parse_flags(argv):
     try:
@@ -23,9 +37,9 @@ def _parse_flags(argv):
         sys.exit(USAGE_ERROR)
 
 
-def usage_error(message: str) -> int:
+def usage_error(message: str, prog: str | None = None) -> int:
     """Prints one line to stderr and returns the usage-error status for `main` to return."""
-    print(f"{os.path.basename(sys.argv[0])}: {message}", file=sys.stderr)
+    print(f"{prog or os.path.basename(sys.argv[0])}: {message}", file=sys.stderr)
     return USAGE_ERROR
 
 
@@ -33,63 +47,213 @@ def run(main) -> None:
     app.run(main, flags_parser=_parse_flags)
 
 
-# --- Flags: defined in one place, every one optional here; entry scripts mark what they need.
+# --- The flags ---------------------------------------------------------------------------------
 
-FLAGS = flags.FLAGS
-
-
-def define_channel_multiple_flag() -> None:
-    flags.DEFINE_integer(
-        "channel_multiple", 1,
-        "Every stage's channel count in a unit of C channels is a multiple of gcd(C, this) "
-        "(s2dnas_tf.SearchSpace); 8 keeps the stages on the whole channel blocks of TFLite's "
-        "kernels; 1: any count.",
-    )
-    flags.register_validator(
-        "channel_multiple", lambda v: v >= 1, "--channel_multiple must be an int >= 1."
-    )
+_DEFINITIONS = {}  # name -> (absl DEFINE function, default, help, its other arguments)
+_VALIDATORS = {}  # name -> (checker, message)
 
 
-def define_data_flags() -> None:
-    flags.DEFINE_enum(
-        "dataset", "digits", ["digits", "cifar10", "cifar100", "image_folder"],
-        "Dataset. digits ships with scikit-learn (no download).",
-    )
-    flags.DEFINE_string("data_dir", None, "Folder of the dataset (cifar batches / image folder).")
-    flags.DEFINE_integer("per_class_limit", None, "Use the first N training images per class.")
-    flags.DEFINE_float("validation_fraction", 0.1, "Held out of the training data.")
-    flags.register_validator(
-        "validation_fraction", lambda v: 0 <= v < 1, "--validation_fraction must be in [0, 1)."
-    )
-    flags.register_validator(
-        "per_class_limit", lambda v: v is None or v >= 1, "--per_class_limit must be >= 1."
-    )
-    flags.register_validator(
-        "data_dir",
-        lambda v: v is None or os.path.isdir(v),
-        "--data_dir must be an existing folder.",
-    )
+def _flag(define, name, default, help, check=None, message=None, **kwargs):
+    _DEFINITIONS[name] = (define, default, help, kwargs)
+    if check is not None:
+        _VALIDATORS[name] = (check, message)
 
 
-def define_train_flags() -> None:
-    flags.DEFINE_integer("epochs", 30, "Training epochs.")
-    flags.DEFINE_integer("batch_size", 128, "Global batch size.")
-    flags.DEFINE_float("learning_rate", 0.05, "Peak SGD learning rate (cosine decay).")
-    flags.DEFINE_boolean("augment", True, "CIFAR augmentation (pad+crop, flip).")
-    flags.DEFINE_enum(
-        "strategy", "default", ["default", "mirrored", "multi_worker"],
-        "tf.distribute strategy; multi_worker reads TF_CONFIG.",
-    )
-    flags.DEFINE_integer(
-        "logical_cpus", None,
-        "Split the CPU into this many logical devices (to run mirrored on one machine).",
-    )
-    flags.DEFINE_integer("steps_per_epoch", None, "Cap on steps per epoch (quick runs).")
-    flags.DEFINE_integer("seed", 0, "Seed for data split, shuffling and initialisation.")
-    flags.DEFINE_integer("verbose", 2, "Keras progress output: 0 silent, 1 bar, 2 a line/epoch.")
-    for name in ("epochs", "batch_size"):
-        flags.register_validator(name, lambda v: v >= 1, f"--{name} must be >= 1.")
-    flags.register_validator("learning_rate", lambda v: v > 0, "--learning_rate must be > 0.")
+def _at_least(bound):
+    return lambda v: v >= bound
+
+
+def _none_or_at_least(bound):
+    return lambda v: v is None or v >= bound
+
+
+def _fraction(v):
+    return v is None or 0 < v <= 1
+
+
+# The data.
+_flag(flags.DEFINE_enum, "dataset", "digits", "Dataset. digits ships with scikit-learn (no "
+      "download).", enum_values=["digits", "cifar10", "cifar100", "image_folder"])
+_flag(flags.DEFINE_string, "data_dir", None,
+      "Folder of the dataset (cifar batches / image folder).",
+      lambda v: v is None or os.path.isdir(v), "--data_dir must be an existing folder.")
+_flag(flags.DEFINE_integer, "per_class_limit", None,
+      "Use the first N training images per class.",
+      _none_or_at_least(1), "--per_class_limit must be >= 1.")
+_flag(flags.DEFINE_float, "validation_fraction", 0.1, "Held out of the training data.",
+      lambda v: 0 <= v < 1, "--validation_fraction must be in [0, 1).")
+# How to train.
+_flag(flags.DEFINE_integer, "epochs", 30, "Training epochs.",
+      _at_least(1), "--epochs must be >= 1.")
+_flag(flags.DEFINE_integer, "batch_size", 128, "Global batch size.",
+      _at_least(1), "--batch_size must be >= 1.")
+_flag(flags.DEFINE_float, "learning_rate", 0.05, "Peak SGD learning rate (cosine decay).",
+      lambda v: v > 0, "--learning_rate must be > 0.")
+_flag(flags.DEFINE_boolean, "augment", True, "CIFAR augmentation (pad+crop, flip).")
+_flag(flags.DEFINE_enum, "strategy", "default",
+      "tf.distribute strategy; multi_worker reads TF_CONFIG.",
+      enum_values=["default", "mirrored", "multi_worker"])
+_flag(flags.DEFINE_integer, "logical_cpus", None,
+      "Split the CPU into this many logical devices (to run mirrored on one machine).")
+_flag(flags.DEFINE_integer, "steps_per_epoch", None, "Cap on steps per epoch (quick runs).",
+      _none_or_at_least(1), "--steps_per_epoch must be >= 1.")
+_flag(flags.DEFINE_integer, "seed", 0, "Seed for data split, shuffling and initialisation.")
+_flag(flags.DEFINE_integer, "verbose", 2,
+      "Keras progress output: 0 silent, 1 bar, 2 a line/epoch.")
+_flag(flags.DEFINE_float, "distill_weight", 1.0, "Distillation from the static model (0: off).")
+_flag(flags.DEFINE_float, "distill_temperature", 4.0, "Distillation temperature.")
+# The runs.
+_flag(flags.DEFINE_string, "output_dir", None, "Where the run's files go.")
+_flag(flags.DEFINE_boolean, "overwrite", False,
+      "Start afresh in an output_dir holding a finished run.")
+_flag(flags.DEFINE_string, "model", "resnet20", "Reference model name (s2dnas_tf.models).")
+_flag(flags.DEFINE_float, "width_multiplier", 1.0, "Channel width multiplier of the model.")
+_flag(flags.DEFINE_string, "base_model", None, "A trained static model (.keras).")
+_flag(flags.DEFINE_integer, "base_epochs", 30, "Epochs of the base model when trained here.",
+      _at_least(1), "--base_epochs must be >= 1.")
+_flag(flags.DEFINE_integer, "num_stages", 3, "Number of stages S.",
+      _at_least(1), "--num_stages must be >= 1.")
+_flag(flags.DEFINE_integer, "channel_multiple", 1,
+      "Every stage's channel count in a unit of C channels is a multiple of gcd(C, this) "
+      "(s2dnas_tf.SearchSpace); 8 keeps the stages on the whole channel blocks of TFLite's "
+      "kernels; 1: any count.",
+      _at_least(1), "--channel_multiple must be an int >= 1.")
+_flag(flags.DEFINE_float, "flops_budget", 0.5,
+      "Average-FLOPs budget, a fraction of the static model's.",
+      _fraction, "--flops_budget must be in (0, 1].")
+# The search.
+_flag(flags.DEFINE_enum, "searcher", "rl", "REINFORCE controller or random search.",
+      enum_values=["rl", "random"])
+_flag(flags.DEFINE_integer, "num_candidates", 20, "Distinct architectures to evaluate.",
+      _at_least(1), "--num_candidates must be >= 1.")
+_flag(flags.DEFINE_integer, "search_batch_size", 4, "Architectures per controller update.",
+      _at_least(1), "--search_batch_size must be >= 1.")
+_flag(flags.DEFINE_enum, "reward", "budget", "Reward of a candidate (DESIGN §5).",
+      enum_values=["budget", "linear"])
+_flag(flags.DEFINE_float, "flops_lambda", 0.5, "lambda of --reward=linear.",
+      _at_least(0), "--flops_lambda must be >= 0.")
+_flag(flags.DEFINE_float, "max_first_stage_flops", None,
+      "Only search architectures whose first stage costs at most this fraction of the "
+      "static model's FLOPs (e.g. half of --flops_budget); unset: no cap.",
+      _fraction,
+      "--max_first_stage_flops must be in (0, 1] (a fraction of the static model's FLOPs).")
+_flag(flags.DEFINE_boolean, "reject_idle_stages", False,
+      "Only search architectures in which every stage adds channels where the classifier "
+      "reads (SearchSpace.idle_stages); otherwise a stage can end up repeating an earlier "
+      "exit, which a channel multiple makes common.")
+_flag(flags.DEFINE_integer, "candidate_epochs", 1, "Fine-tuning epochs per candidate.",
+      _at_least(1), "--candidate_epochs must be >= 1.")
+_flag(flags.DEFINE_integer, "candidate_steps", None,
+      "Cap on fine-tuning steps per candidate epoch.",
+      _none_or_at_least(1), "--candidate_steps must be >= 1.")
+_flag(flags.DEFINE_float, "candidate_learning_rate", 0.01,
+      "Learning rate of the candidates' fine-tune.")
+_flag(flags.DEFINE_float, "candidate_bn_momentum", 0.9,
+      "BatchNorm momentum while a candidate is fine-tuned, so its statistics catch up.")
+_flag(flags.DEFINE_boolean, "deterministic", True,
+      "TensorFlow op determinism (same seed, same run).")
+_flag(flags.DEFINE_string, "export_name", None,
+      "Model name of the SavedModel (saved_model/<name>/1/); default: the base model's name.")
+_flag(flags.DEFINE_boolean, "stop_after_search", False,
+      "Stop once arch.json is written (compare searchers without training each winner).")
+# One architecture without search.
+_flag(flags.DEFINE_list, "tokens", None,
+      "Architecture tokens (comma-separated ints); default: the space's default arch.")
+_flag(flags.DEFINE_boolean, "early_exit", False,
+      "The early-exit baseline instead of an S2DNAS architecture: an exit classifier after "
+      "each of --num_stages resolution stages of the static model (s2dnas_tf.early_exit), "
+      "trained with the backbone; --tokens must then be unset.")
+_flag(flags.DEFINE_list, "stage_weights", None, "Loss weight per stage (default all 1).")
+# Reading a finished run.
+_flag(flags.DEFINE_string, "run_dir", None,
+      "A finished search.py / train_dynamic.py output directory.",
+      lambda v: v is None or os.path.isfile(os.path.join(v, "report.json")),
+      "--run_dir must be a finished run directory (holding report.json).")
+_flag(flags.DEFINE_integer, "num_images", None, "Use the first N test images (default: all).",
+      _none_or_at_least(1), "--num_images must be >= 1.")
+
+
+def define_flags(*names: str, flag_values=FLAGS, helps=None) -> None:
+    """Defines the named flags (with their validators) on `flag_values`.
+
+    Args:
+        *names: Names of the flags above.
+        flag_values: Where to define them (a fresh `flags.FlagValues` for a benchmark step).
+        helps: Help texts of this entry point for some of them, by name (the meaning
+            stays: same type, default and validator).
+    """
+    for name in names:
+        define, default, help_text, kwargs = _DEFINITIONS[name]
+        help_text = (helps or {}).get(name, help_text)
+        define(name, default, help=help_text, flag_values=flag_values, **kwargs)
+        if name in _VALIDATORS:
+            check, message = _VALIDATORS[name]
+            flags.register_validator(name, check, message, flag_values=flag_values)
+
+
+DATA_FLAGS = ("dataset", "data_dir", "per_class_limit", "validation_fraction")
+TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "augment", "strategy", "logical_cpus",
+               "steps_per_epoch", "seed", "verbose")
+# Each run's entry point takes exactly these.
+RUN_FLAGS = {
+    "train_base": DATA_FLAGS + TRAIN_FLAGS + ("model", "width_multiplier", "output_dir",
+                                              "overwrite"),
+    "search": DATA_FLAGS + TRAIN_FLAGS + (
+        "base_model", "model", "base_epochs", "num_stages", "channel_multiple", "searcher",
+        "num_candidates", "search_batch_size", "reward", "flops_budget", "flops_lambda",
+        "max_first_stage_flops", "reject_idle_stages", "candidate_epochs", "candidate_steps",
+        "candidate_learning_rate", "candidate_bn_momentum", "distill_weight",
+        "distill_temperature", "deterministic", "output_dir", "overwrite", "export_name",
+        "stop_after_search",
+    ),
+    "train_dynamic": DATA_FLAGS + TRAIN_FLAGS + (
+        "base_model", "num_stages", "channel_multiple", "tokens", "early_exit",
+        "flops_budget", "stage_weights", "distill_weight", "distill_temperature",
+        "output_dir", "overwrite",
+    ),
+}
+
+
+def define_run_flags(kind: str, flag_values=FLAGS, helps=None) -> None:
+    """Defines the flags of a run's entry point (`RUN_FLAGS[kind]`, with `define_flags`'s
+    `helps`); a given --base_model must exist."""
+    define_flags(*RUN_FLAGS[kind], flag_values=flag_values, helps=helps)
+    if "base_model" in RUN_FLAGS[kind]:
+        flags.register_validator(
+            "base_model", lambda v: v is None or os.path.isfile(v),
+            "--base_model must be an existing .keras file.", flag_values=flag_values,
+        )
+
+
+def step_flags(kind: str, values=None, args=None) -> "flags.FlagValues":
+    """The flags of run `kind`'s entry point, apart from the process's own: the defaults
+    with `values` (a dict, name -> value) set, or parsed from command-line `args`.
+
+    Raises:
+        flags.Error: If `args` do not parse, or a value is refused by a validator.
+    """
+    flag_values = flags.FlagValues()
+    define_run_flags(kind, flag_values)
+    if args is not None:
+        flag_values([kind, *args])
+    else:
+        flag_values.mark_as_parsed()
+        for name, value in (values or {}).items():
+            setattr(flag_values, name, value)
+    return flag_values
+
+
+def flag_dict(flag_values) -> dict:
+    """Every flag of `flag_values` (a `step_flags` result), name -> value."""
+    return {name: flag_values[name].value for name in sorted(flag_values)}
+
+
+def resolved_flags() -> dict:
+    """Every flag of the running script (its own module's and cli_common's), resolved."""
+    names = set()
+    for module in (sys.argv[0], __name__):
+        names.update(f.name for f in FLAGS.get_flags_for_module(module))
+    return {name: FLAGS[name].value for name in sorted(names)}
 
 
 def configure_logical_cpus(count) -> None:
@@ -104,64 +268,176 @@ def configure_logical_cpus(count) -> None:
     )
 
 
-def data_config():
+# --- Configs from flag values (a dict, name -> value: FLAGS.flag_values_dict(), a
+# `flag_dict`, or a run's config.json) ------------------------------------------------------
+
+
+def data_config(values):
+    """The DataConfig of the data flags."""
     from s2dnas_tf import data
 
     return data.DataConfig(
-        name=FLAGS.dataset,
-        data_dir=FLAGS.data_dir,
-        per_class_limit=FLAGS.per_class_limit,
-        validation_fraction=FLAGS.validation_fraction,
-        seed=FLAGS.seed,
+        name=values["dataset"],
+        data_dir=values.get("data_dir"),
+        per_class_limit=values.get("per_class_limit"),
+        validation_fraction=values.get("validation_fraction", 0.1),
+        seed=values.get("seed", 0),
     )
 
 
 def run_data_config(config: dict):
-    """The DataConfig a finished run used, from its config.json (the resolved flags)."""
-    from s2dnas_tf import data
+    """The DataConfig a finished run used, from its config.json: the resolved flags of the
+    command that made it, or (a run made from Python) the run's config."""
+    if isinstance(config.get("data"), dict):
+        from s2dnas_tf import data
 
-    return data.DataConfig(
-        name=config["dataset"],
-        data_dir=config.get("data_dir"),
-        per_class_limit=config.get("per_class_limit"),
-        validation_fraction=config.get("validation_fraction", 0.1),
-        seed=config.get("seed", 0),
-    )
+        return data.DataConfig(**config["data"])
+    return data_config(config)
 
 
-def train_config(output_dir: str, **overrides):
+def train_config(values, **overrides):
+    """The TrainConfig of the training flags, with `overrides` (its output_dir is the
+    run's to set)."""
     from s2dnas_tf import training
 
-    values = dict(
-        output_dir=output_dir,
-        epochs=FLAGS.epochs,
-        batch_size=FLAGS.batch_size,
-        learning_rate=FLAGS.learning_rate,
+    fields = dict(
+        epochs=values["epochs"],
+        batch_size=values["batch_size"],
+        learning_rate=values["learning_rate"],
         # The CIFAR crop/flip would shift an 8x8 digit by half its size and mirror glyphs.
-        augment=FLAGS.augment and FLAGS.dataset != "digits",
-        strategy=FLAGS.strategy,
-        steps_per_epoch=FLAGS.steps_per_epoch,
-        seed=FLAGS.seed,
-        verbose=FLAGS.verbose,
+        augment=values["augment"] and values["dataset"] != "digits",
+        strategy=values["strategy"],
+        steps_per_epoch=values["steps_per_epoch"],
+        seed=values["seed"],
+        verbose=values["verbose"],
     )
-    values.update(overrides)
-    return training.TrainConfig(**values)
+    fields.update(overrides)
+    return training.TrainConfig(**fields)
 
 
-def write_json(path: str, payload) -> None:
-    """Writes JSON atomically (temporary file + rename): never half a file."""
-    import json
+def train_base_config(values):
+    from s2dnas_tf import runs
 
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    return runs.TrainBaseConfig(
+        output_dir=values["output_dir"],
+        data=data_config(values),
+        train=train_config(values),
+        model=values["model"],
+        width_multiplier=values["width_multiplier"],
+        overwrite=values["overwrite"],
+    )
 
 
-def resolved_flags() -> dict:
-    """Every flag of the running script (its own module's and cli_common's), resolved."""
-    names = set()
-    for module in (sys.argv[0], __name__):
-        names.update(f.name for f in FLAGS.get_flags_for_module(module))
-    return {name: FLAGS[name].value for name in sorted(names)}
+def search_config(values):
+    from s2dnas_tf import runs, search
+
+    distill = dict(distill_weight=values["distill_weight"],
+                   distill_temperature=values["distill_temperature"])
+    return runs.SearchRunConfig(
+        output_dir=values["output_dir"],
+        data=data_config(values),
+        base_model=values["base_model"],
+        model=values["model"],
+        base_train=train_config(values, epochs=values["base_epochs"]),
+        num_stages=values["num_stages"],
+        channel_multiple=values["channel_multiple"],
+        search=search.SearchConfig(
+            searcher=values["searcher"],
+            num_candidates=values["num_candidates"],
+            batch_size=values["search_batch_size"],
+            seed=values["seed"],
+            reject_idle_stages=values["reject_idle_stages"],
+        ),
+        reward=search.RewardConfig(
+            kind=values["reward"],
+            flops_budget=values["flops_budget"],
+            flops_lambda=values["flops_lambda"],
+        ),
+        max_first_stage_flops=values["max_first_stage_flops"],
+        candidate_train=train_config(
+            values,
+            epochs=values["candidate_epochs"],
+            steps_per_epoch=values["candidate_steps"],
+            learning_rate=values["candidate_learning_rate"],
+            bn_momentum=values["candidate_bn_momentum"],
+            verbose=0,
+            ephemeral=True,  # used once for its reward: no in-fit validation, no checkpoints
+            **distill,
+        ),
+        final_train=train_config(values, **distill),
+        deterministic=values["deterministic"],
+        overwrite=values["overwrite"],
+        export_name=values["export_name"],
+        stop_after_search=values["stop_after_search"],
+    )
+
+
+def train_dynamic_config(values):
+    """Raises ValueError if --tokens or --stage_weights are not numbers."""
+    from s2dnas_tf import runs
+
+    tokens, weights = values["tokens"], values["stage_weights"]
+    try:
+        tokens = [int(t) for t in tokens] if tokens else None
+        weights = [float(w) for w in weights] if weights else None
+    except ValueError as e:
+        raise ValueError(
+            f"--tokens must be ints and --stage_weights numbers ({e}). Received: "
+            f"--tokens={values['tokens']}, --stage_weights={values['stage_weights']}"
+        ) from None
+    return runs.TrainDynamicConfig(
+        output_dir=values["output_dir"],
+        base_model=values["base_model"],
+        data=data_config(values),
+        num_stages=values["num_stages"],
+        channel_multiple=values["channel_multiple"],
+        tokens=tokens,
+        early_exit=values["early_exit"],
+        flops_budget=values["flops_budget"],
+        train=train_config(
+            values,
+            stage_weights=weights,
+            distill_weight=values["distill_weight"],
+            distill_temperature=values["distill_temperature"],
+        ),
+        overwrite=values["overwrite"],
+    )
+
+
+RUN_CONFIGS = {"train_base": train_base_config, "search": search_config,
+               "train_dynamic": train_dynamic_config}
+
+
+def run_step(kind: str):
+    """The library function of run `kind` (s2dnas_tf.runs)."""
+    from s2dnas_tf import runs
+
+    return {"train_base": runs.train_base, "search": runs.run_search,
+            "train_dynamic": runs.train_dynamic}[kind]
+
+
+# --- Calling the library -------------------------------------------------------------------
+
+
+def call(step, config, *, settings=None, prog=None) -> int:
+    """Runs a library step (`s2dnas_tf.runs`) for an entry point and returns its exit
+    status: 0 when done; 2 with one line when the library refuses the input; 1 with one
+    line when a training diverges. Other errors keep their traceback."""
+    from s2dnas_tf import runs, training
+
+    try:
+        step(config, settings=settings)
+    except runs.FinishedRunError as e:
+        return usage_error(f"{e}; pass --overwrite to start afresh.", prog)
+    except runs.InputError as e:
+        return usage_error(str(e), prog)
+    except training.TrainingDivergedError as e:
+        print(f"{prog or os.path.basename(sys.argv[0])}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def call_and_exit(kind: str, config, settings, prog: str) -> None:
+    """A child process's whole work (benchmark.py's steps): run step `kind`, exit with its
+    status."""
+    sys.exit(call(run_step(kind), config, settings=settings, prog=prog))

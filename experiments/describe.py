@@ -14,13 +14,13 @@ import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "resnet20", "Reference model name, or a path to a .keras file.")
-flags.DEFINE_integer("num_stages", 3, "Number of stages S.")
-cli_common.define_channel_multiple_flag()
-flags.DEFINE_list("tokens", None, "Architecture tokens (comma-separated ints).")
-flags.DEFINE_integer("seed", None, "Sample an architecture with this seed instead.")
+cli_common.define_flags("model", "num_stages", "channel_multiple", "tokens", "seed", helps={
+    "model": "Reference model name, or a path to a .keras file.",
+    "tokens": "Architecture tokens (comma-separated ints).",
+    "seed": "Sample an architecture with this seed instead.",
+})
+FLAGS.set_default("seed", None)  # unset: the default architecture, not a sample
 flags.DEFINE_integer("num_classes", 10, "Classes, for reference models.")
-flags.register_validator("num_stages", lambda v: v >= 1, "--num_stages must be >= 1.")
 
 
 def main(argv):

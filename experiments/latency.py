@@ -22,8 +22,9 @@ import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 from absl import flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", None, "A search.py / train_dynamic.py output directory.")
-flags.DEFINE_integer("num_images", None, "Time the first N test images (default: all).")
+cli_common.define_flags("run_dir", "num_images", helps={
+    "num_images": "Time the first N test images (default: all).",
+})
 flags.DEFINE_integer("warmup", 20, "Untimed calls first.")
 flags.DEFINE_integer(
     "threads", 1,
@@ -31,14 +32,6 @@ flags.DEFINE_integer(
     "interpreter's (1: a phone-like single core).",
 )
 flags.mark_flag_as_required("run_dir")
-flags.register_validator(
-    "run_dir",
-    lambda v: v is None or os.path.isfile(os.path.join(v, "report.json")),
-    "--run_dir must be a finished run directory (holding report.json).",
-)
-flags.register_validator(
-    "num_images", lambda v: v is None or v >= 1, "--num_images must be >= 1."
-)
 flags.register_validator("threads", lambda v: v >= 1, "--threads must be >= 1.")
 
 
@@ -46,7 +39,7 @@ def main(argv):
     del argv
     import keras
 
-    from s2dnas_tf import data, export, latency
+    from s2dnas_tf import data, export, fileio, latency
 
     latency.set_tf_threads(FLAGS.threads)
     run = FLAGS.run_dir
@@ -100,7 +93,7 @@ def main(argv):
         float((exit_stages == s).mean()) for s in range(1, num_stages + 1)
     ]
     report["latency"] = result
-    cli_common.write_json(os.path.join(run, "report.json"), report)
+    fileio.write_json(os.path.join(run, "report.json"), report)
     for runtime in ("savedmodel", "tflite"):
         s, d = result[runtime]["static"], result[runtime]["dynamic"]
         print(

@@ -26,21 +26,19 @@ import cli_common  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow lo
 from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("run_dir", None, "A finished search.py / train_dynamic.py directory.")
+cli_common.define_flags("run_dir", "num_images", "overwrite", helps={
+    "num_images": "Evaluate the TFLite models on the first N test images.",
+    "overwrite": "Replace an existing version directory.",
+})
 flags.DEFINE_string("export_dir", None, "Parent of <name>/<version>/ (default: <run_dir>/export).")
 flags.DEFINE_string("name", None, "Model name (default: the run's model name).")
 flags.DEFINE_integer("version", 1, "TF Serving version number.")
 flags.DEFINE_list("thresholds", None, "Exit thresholds (S-1 floats); default: the report's.")
 flags.DEFINE_boolean("int8", False, "Also write a full-int8 TFLite model and its accuracy.")
-flags.DEFINE_integer("num_images", None, "Evaluate the TFLite models on the first N test images.")
-flags.DEFINE_boolean("overwrite", False, "Replace an existing version directory.")
 flags.mark_flag_as_required("run_dir")
 flags.register_validator(
     "run_dir",
-    lambda v: v is None or (
-        os.path.isfile(os.path.join(v, "report.json"))
-        and os.path.isfile(os.path.join(v, "multistage.keras"))
-    ),
+    lambda v: v is None or os.path.isfile(os.path.join(v, "multistage.keras")),
     "--run_dir must be a finished run directory (report.json and multistage.keras).",
 )
 flags.register_validator("version", lambda v: v >= 0, "--version must be >= 0.")
@@ -64,7 +62,7 @@ def main(argv):
     import keras
     import numpy as np
 
-    from s2dnas_tf import data, export
+    from s2dnas_tf import data, export, fileio
 
     run = FLAGS.run_dir
     with open(os.path.join(run, "report.json")) as f:
@@ -118,7 +116,7 @@ def main(argv):
         "float_tflite_bytes": os.path.getsize(float_path),
         "int8_tflite_bytes": os.path.getsize(int8_path),
     }
-    cli_common.write_json(os.path.join(export_dir, f"{name}.int8.json"), summary)
+    fileio.write_json(os.path.join(export_dir, f"{name}.int8.json"), summary)
     print(
         f"TFLite int8: {int8_path}; test accuracy float {float_acc:.4f} vs int8 "
         f"{int8_acc:.4f} ({summary['int8_cost_points']:+.2f} points lost), same exit stage "

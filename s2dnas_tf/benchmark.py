@@ -7,7 +7,10 @@ experiments/benchmark.py runs the methods; this module turns their measurements 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import platform
 from typing import Any, Sequence
 
 import numpy as np
@@ -115,6 +118,43 @@ def dynamic_record(
         "train_seconds": report.get("train_seconds"),
         "arch": (report.get("arch") or {}).get("readable"),
     }
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes (what a method's cached measurements were made from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def static_train_seconds(model_path: str) -> float | None:
+    """Training wall time of a static model, from train_base's base_report.json beside it
+    or a checkpoint's sidecar `<name>.json` (None when neither says)."""
+    for candidate in (os.path.join(os.path.dirname(model_path), "base_report.json"),
+                      os.path.splitext(model_path)[0] + ".json"):
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                seconds = json.load(f).get("train_seconds")
+            if seconds is not None:
+                return float(seconds)
+    return None
+
+
+def machine_description() -> str:
+    """The CPU, Python and TensorFlow a benchmark ran on, in one line."""
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} CPU cores ({cpu}), no GPU used, Python "
+            f"{platform.python_version()}, TensorFlow {tf.__version__}, {platform.system()}")
 
 
 def best_accuracy_within(

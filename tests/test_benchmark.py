@@ -189,7 +189,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert "was trained on" in first.stdout
     # The random search ran alongside RL's step; random's own step then only trained.
     assert "s2dnas_random (its search, alongside s2dnas_rl)" in first.stdout
-    assert "--stop_after_search" in first.stdout
+    assert "--stop_after_search=True" in first.stdout
     assert "resuming: 2 architectures already evaluated" in first.stdout
     step_seconds = json.loads((out / "step_seconds.json").read_text())
     assert step_seconds["s2dnas_random"] > 0 and step_seconds["s2dnas_rl"] > 0
@@ -232,11 +232,13 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     # --channel_multiple reaches the S2DNAS steps (and only them) and their archs.
     assert "S2DNAS channel counts multiples of 8" in md
     for name in ("s2dnas_rl", "s2dnas_random", "s2dnas_default", "early_exit", "static_ft"):
-        step = json.loads((out / name / "benchmark_step.json").read_text())["args"]
-        assert ("--channel_multiple=8" in step) == name.startswith("s2dnas"), name
+        step = json.loads((out / name / "benchmark_step.json").read_text())["flags"]
+        assert (step.get("channel_multiple") == 8) == name.startswith("s2dnas"), name
+        assert json.loads((out / name / "config.json").read_text())["channel_multiple"] == (
+            8 if name.startswith("s2dnas") else 1), name
     for name in ("s2dnas_rl", "s2dnas_random"):
-        step = json.loads((out / name / "benchmark_step.json").read_text())["args"]
-        assert "--reject_idle_stages" in step, name
+        step = json.loads((out / name / "benchmark_step.json").read_text())["flags"]
+        assert step["reject_idle_stages"] is True, name
     for name in ("s2dnas_rl", "s2dnas_random", "s2dnas_default"):
         assert json.loads((out / name / "arch.json").read_text())["channel_multiple"] == 8
     assert (results / "b.png").stat().st_size > 10_000
@@ -269,7 +271,7 @@ def test_benchmark_dynamic_methods_from_static_ft(tmp_path):
                          "--results_name=b", "--tflite=false")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     step = json.loads((out / "early_exit" / "benchmark_step.json").read_text())
-    assert f"--base_model={out / 'static_ft' / 'static.keras'}" in step["args"]
+    assert step["flags"]["base_model"] == str(out / "static_ft" / "static.keras")
     methods = json.loads((results / "b.json").read_text())["methods"]
     assert set(methods) == {"static", "static_ft", "early_exit"}
     report = json.loads((out / "early_exit" / "report.json").read_text())
@@ -297,7 +299,7 @@ def test_benchmark_dynamic_methods_from_static_ft(tmp_path):
         (["--num_stages=1"], "--num_stages must be >= 2"),
         (["--max_first_stage_flops=0"], "--max_first_stage_flops must be in (0, 1]"),
         (["--latency_threads=0"], "--latency_threads must be >= 1"),
-        (["--channel_multiple=0"], "--channel_multiple must be >= 1"),
+        (["--channel_multiple=0"], "--channel_multiple must be an int >= 1"),
         (["--dynamic_from=thin_static"], "--dynamic_from"),
         (["--data_dir=/nonexistent"], "--data_dir must be an existing folder"),
     ],
@@ -306,3 +308,46 @@ def test_benchmark_bad_flags_exit_2(tmp_path, args, expected):
     result = run_benchmark(f"--output_dir={tmp_path}", *args)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
+
+
+def _cli_common():
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import cli_common
+
+    return cli_common
+
+
+def test_a_step_recorded_by_the_older_benchmark_is_the_same_step(tmp_path):
+    """Run directories of the benchmark from before its steps were library calls record a
+    step as its command-line arguments ("args" in benchmark_step.json). The same step,
+    described now by its flag values, resolves to the same settings, so those directories
+    stay resumable; other settings do not."""
+    cli_common = _cli_common()
+    base = tmp_path / "model.keras"
+    base.write_bytes(b"")  # the step's --base_model must exist
+    run_dir = tmp_path / "s2dnas_rl"
+    # What the older benchmark passed to search.py for s2dnas_rl (its default settings).
+    legacy = ["--dataset=digits", "--validation_fraction=0.1", "--seed=0", "--batch_size=64",
+              "--verbose=0", f"--base_model={base}", "--num_stages=3", "--flops_budget=0.5",
+              "--epochs=1", "--learning_rate=0.02", "--distill_weight=1.0",
+              "--distill_temperature=4.0", "--searcher=rl", "--num_candidates=2",
+              "--search_batch_size=2", "--candidate_steps=3", "--candidate_learning_rate=0.01",
+              "--reward=budget", f"--output_dir={run_dir}"]
+    now = {"dataset": "digits", "data_dir": None, "per_class_limit": None,
+           "validation_fraction": 0.1, "seed": 0, "batch_size": 64, "steps_per_epoch": None,
+           "verbose": 0, "base_model": str(base), "num_stages": 3, "flops_budget": 0.5,
+           "epochs": 1, "learning_rate": 0.02, "distill_weight": 1.0,
+           "distill_temperature": 4.0, "output_dir": str(run_dir), "channel_multiple": 1,
+           "searcher": "rl", "reward": "budget", "num_candidates": 2, "search_batch_size": 2,
+           "candidate_steps": 3, "candidate_learning_rate": 0.01,
+           "max_first_stage_flops": None, "reject_idle_stages": False}
+    before = cli_common.flag_dict(cli_common.step_flags("search", args=legacy))
+    assert before == cli_common.flag_dict(cli_common.step_flags("search", now))
+    assert before["candidate_epochs"] == 1 and before["deterministic"] is True  # defaults
+    other = cli_common.flag_dict(cli_common.step_flags("search", {**now, "epochs": 2}))
+    assert {n for n in before if before[n] != other[n]} == {"epochs"}
+    # The step's config is what search.py builds from those flags.
+    config = cli_common.search_config(before)
+    assert config.search.num_candidates == 2 and config.candidate_train.steps_per_epoch == 3
+    assert config.candidate_train.ephemeral and config.candidate_train.verbose == 0
+    assert config.final_train.distill_weight == 1.0 and config.base_train.epochs == 30

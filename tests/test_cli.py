@@ -54,3 +54,39 @@ def test_describe_bad_input_exits_2(args, expected):
     result = run_script("describe.py", *args)
     assert result.returncode == 2
     assert expected in result.stderr
+
+
+@pytest.mark.parametrize("script", ["search.py", "train_dynamic.py"])
+def test_a_base_model_that_is_no_keras_archive_exits_2_and_writes_nothing(tmp_path, script):
+    not_keras = tmp_path / "notes.keras"
+    not_keras.write_text("not a model\n")
+    out = tmp_path / "run"
+    result = run_script(script, f"--base_model={not_keras}", f"--output_dir={out}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"{script}: base_model must be a Keras model file"), last
+    assert str(not_keras) in last and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_the_benchmark_shares_the_runs_flags_with_its_own_defaults():
+    """One definition per flag: benchmark.py changes the defaults of the flags it shares
+    with search.py (its recipe), search.py keeps its own."""
+    search = run_script("search.py", "--helpfull")
+    benchmark = run_script("benchmark.py", "--helpfull")
+    assert "--num_candidates:" in search.stdout and "--num_candidates:" in benchmark.stdout
+
+    def default(text, name):
+        """The "(default: ...)" of --name in absl's help ("None": absl prints none)."""
+        lines = text.splitlines()
+        at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"--{name}:"))
+        end = next(i for i in range(at + 1, len(lines)) if lines[i].strip().startswith("--"))
+        found = [line.strip() for line in lines[at:end] if line.strip().startswith("(default:")]
+        return found[0][len("(default: '"):-2] if found else "None"
+
+    for name, in_search, in_benchmark in [("num_candidates", "20", "16"),
+                                          ("candidate_steps", "None", "60"),
+                                          ("epochs", "30", "10"), ("base_epochs", "30", "15"),
+                                          ("channel_multiple", "1", "1")]:
+        assert default(search.stdout, name) == in_search, name
+        assert default(benchmark.stdout, name) == in_benchmark, name

@@ -268,6 +268,78 @@ def test_search_config_validation():
         search.SearchConfig(searcher="evolution").validate()
 
 
+# --- the evaluator and the runs (s2dnas_tf.evaluators, s2dnas_tf.runs) -----------------------
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from s2dnas_tf import data
+
+    return data.load_dataset(data.DataConfig())
+
+
+def test_finetune_evaluator_scores_a_candidate_and_writes_nothing(tmp_path, space, digits):
+    from s2dnas_tf import evaluators, training
+
+    base = build_model("resnet8", input_shape=(8, 8, 1))  # the space's model
+    base_path = tmp_path / "base.keras"
+    base.save(base_path)
+    # Not ephemeral as given: the evaluator makes it so (candidates share no resume state).
+    config = training.TrainConfig(str(tmp_path / "candidates"), epochs=1, batch_size=32,
+                                  steps_per_epoch=2, augment=False, verbose=0,
+                                  distill_weight=1.0)
+    reward = search.RewardConfig("budget", flops_budget=0.5)
+    arch = space.default_arch()
+    for given in (str(base_path), base):  # from its file (teacher loaded) or the model
+        evaluate = evaluators.make_evaluator("finetune", given, digits, config, reward)
+        assert isinstance(evaluate, evaluators.FinetuneEvaluator)
+        record = evaluate(arch)
+        assert set(record) == {"reward", "val_accuracy", "avg_flops", "flops_ratio",
+                               "thresholds", "budget_met"}
+        assert 0 <= record["val_accuracy"] <= 1 and len(record["thresholds"]) == 2
+        assert record["flops_ratio"] == pytest.approx(record["avg_flops"] / s2d.count_flops(base))
+    assert not (tmp_path / "candidates").exists()
+    with pytest.raises(ValueError, match=r"evaluator must be one of \['finetune'"):
+        evaluators.make_evaluator("supernet", base, digits, config, reward)
+    with pytest.raises(ValueError, match="registered already"):
+        evaluators.register_evaluator("finetune")(evaluators.FinetuneEvaluator)
+    with pytest.raises(ValueError, match="outputs 3 classes"):  # a base that does not fit
+        evaluators.FinetuneEvaluator(
+            build_model("resnet8", num_classes=3, input_shape=(8, 8, 1)), digits, config,
+            reward,
+        )
+
+
+def test_runs_refuse_unusable_input_before_writing(tmp_path):
+    from s2dnas_tf import runs, training
+
+    not_keras = tmp_path / "model.keras"
+    not_keras.write_text("not a model")
+    out = tmp_path / "run"
+    with pytest.raises(runs.InputError, match="must be a Keras model file"):
+        runs.run_search(runs.SearchRunConfig(output_dir=str(out), base_model=str(not_keras)))
+    with pytest.raises(runs.InputError, match="model must be one of"):
+        runs.run_search(runs.SearchRunConfig(output_dir=str(out), model="resnet1000"))
+    with pytest.raises(runs.InputError, match="num_candidates"):
+        runs.run_search(runs.SearchRunConfig(
+            output_dir=str(out), search=search.SearchConfig(num_candidates=0)))
+    with pytest.raises(runs.InputError, match="model must be one of"):
+        runs.train_base(runs.TrainBaseConfig(output_dir=str(out), model="nope"))
+    base_path = tmp_path / "base.keras"
+    build_model("resnet8", input_shape=(8, 8, 1)).save(base_path)
+    with pytest.raises(runs.InputError, match="takes 8 tokens"):
+        runs.train_dynamic(runs.TrainDynamicConfig(str(out), str(base_path), tokens=[1, 2]))
+    with pytest.raises(runs.InputError, match="one weight per stage"):
+        runs.train_dynamic(runs.TrainDynamicConfig(
+            str(out), str(base_path), train=training.TrainConfig(stage_weights=[1.0])))
+    assert not out.exists()
+    out.mkdir()
+    (out / "report.json").write_text("{}")
+    with pytest.raises(runs.FinishedRunError, match="holds a finished run"):
+        runs.train_dynamic(runs.TrainDynamicConfig(str(out), str(base_path)))
+    assert sorted(os.listdir(out)) == ["report.json"]
+
+
 # --- experiments/search.py --------------------------------------------------------------------
 
 
@@ -295,7 +367,7 @@ def test_latency_refuses_a_directory_without_a_run(tmp_path):
         (["--num_stages=0"], "--num_stages must be >= 1"),
         (["--flops_budget=0"], "--flops_budget must be in (0, 1]"),
         (["--flops_budget=1.5"], "--flops_budget must be in (0, 1]"),
-        (["--model=resnet1000"], "--model must be one of"),
+        (["--model=resnet1000"], "model must be one of"),
         (["--dataset=imagenet"], "dataset"),
         (["--base_model=/missing.keras"], "--base_model must be an existing .keras file"),
         (["--searcher=evolution"], "searcher"),
