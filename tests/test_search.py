@@ -480,12 +480,13 @@ def test_quickstart_end_to_end(tmp_path):
     # Calibrated for 50% of the static FLOPs on validation; measured on test.
     assert report["dynamic"]["flops_ratio"] <= 0.6
     assert report["dynamic"]["accuracy"] > 0.8
-    lines = (out / "search_log.jsonl").read_text().splitlines()
-    assert len(lines) == 6
+    records = [json.loads(l) for l in (out / "search_log.jsonl").read_text().splitlines()]
+    assert len(records) == 6
+    # The net trained and reported is the log's best-rewarded candidate.
+    best = max(records, key=lambda r: r["reward"])
     arch = json.loads((out / "arch.json").read_text())
-    assert arch["tokens"] == json.loads(lines[0])["tokens"] or arch["search"]["reward"] == max(
-        json.loads(l)["reward"] for l in lines
-    )
+    assert arch["tokens"] == best["tokens"] and report["arch"]["tokens"] == best["tokens"]
+    assert report["search"]["best_reward"] == best["reward"]
     print(f"quickstart wall time {seconds:.0f} s")
     # Its exported models, timed one image at a time (measured, never asserted fast).
     timed = subprocess.run(
@@ -516,7 +517,9 @@ def test_quickstart_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert (exported / "digits" / "1" / "saved_model.pb").exists()
     summary = json.loads((exported / "digits.int8.json").read_text())
-    assert summary["num_images"] == 60 and 0 <= summary["int8_accuracy"] <= 1
+    assert summary["num_images"] == 60 and summary["float_accuracy"] > 0.8
+    # Full int8 costs little: nearly the float model's accuracy, mostly the same exits.
+    assert abs(summary["int8_cost_points"]) <= 10 and summary["same_exit_stage"] >= 0.8
     assert summary["int8_tflite_bytes"] < summary["float_tflite_bytes"]
     again = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=600)
     assert again.returncode == 2 and "--overwrite" in again.stderr.strip().splitlines()[-1]
