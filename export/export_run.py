@@ -60,7 +60,6 @@ def _tflite_accuracy(path, images, labels):
 def main(argv):
     del argv
     import keras
-    import numpy as np
 
     from s2dnas_tf import data, export, fileio
 
