@@ -150,6 +150,15 @@ _flag(flags.DEFINE_float, "candidate_learning_rate", 0.01,
       "Learning rate of the candidates' fine-tune.")
 _flag(flags.DEFINE_float, "candidate_bn_momentum", 0.9,
       "BatchNorm momentum while a candidate is fine-tuned, so its statistics catch up.")
+_flag(flags.DEFINE_enum, "evaluator", "finetune",
+      "How a candidate is scored: 'finetune' (a short fine-tune of each candidate from the "
+      "inherited weights) or 'supernet' (a weight-sharing supernet trained once, "
+      "--supernet_epochs, kept in <output_dir>/supernet; seconds per candidate).",
+      enum_values=["finetune", "supernet"])
+_flag(flags.DEFINE_integer, "supernet_epochs", 5, "Training epochs of the supernet.",
+      _at_least(1), "--supernet_epochs must be >= 1.")
+_flag(flags.DEFINE_float, "supernet_learning_rate", 0.02,
+      "Peak learning rate of the supernet's training.")
 _flag(flags.DEFINE_boolean, "deterministic", True,
       "TensorFlow op determinism (same seed, same run).")
 _flag(flags.DEFINE_string, "export_name", None,
@@ -201,7 +210,8 @@ RUN_FLAGS = {
     "search": DATA_FLAGS + TRAIN_FLAGS + (
         "base_model", "model", "base_epochs", "num_stages", "channel_multiple", "searcher",
         "num_candidates", "search_batch_size", "reward", "flops_budget", "flops_lambda",
-        "max_first_stage_flops", "reject_idle_stages", "candidate_epochs", "candidate_steps",
+        "max_first_stage_flops", "reject_idle_stages", "evaluator", "supernet_epochs",
+        "supernet_learning_rate", "candidate_epochs", "candidate_steps",
         "candidate_learning_rate", "candidate_bn_momentum", "distill_weight",
         "distill_temperature", "deterministic", "output_dir", "overwrite", "export_name",
         "stop_after_search",
@@ -362,6 +372,13 @@ def search_config(values):
             bn_momentum=values["candidate_bn_momentum"],
             verbose=0,
             ephemeral=True,  # used once for its reward: no in-fit validation, no checkpoints
+            **distill,
+        ),
+        evaluator=values["evaluator"],
+        supernet_train=train_config(
+            values,
+            epochs=values["supernet_epochs"],
+            learning_rate=values["supernet_learning_rate"],
             **distill,
         ),
         final_train=train_config(values, **distill),

@@ -8,11 +8,14 @@ and how to score it) and then calls once per architecture:
   fine-tunes it briefly from the inherited weights (distilling from the base model when
   the TrainConfig asks for it) and scores its stages' validation outputs
   (`search.compute_reward`).
+- `SupernetEvaluator`: trains the space's weight-sharing supernet once
+  (`supernet.train_supernet`, kept in its TrainConfig's output_dir and reused), then scores
+  each candidate from the shared weights: its view, BatchNorm statistics recalibrated on a
+  few hundred training images, its stages' validation outputs. Seconds per candidate.
 
-Another way to evaluate (e.g. a weight-sharing supernet) is one more `Evaluator` subclass
-taking the same constructor arguments, registered under a name
-(`@register_evaluator("name")`); a search run builds the one its config names
-(`SearchRunConfig.evaluator`) with `make_evaluator`.
+Another way to evaluate is one more `Evaluator` subclass taking the same constructor
+arguments, registered under a name (`@register_evaluator("name")`); a search run builds the
+one its config names (`SearchRunConfig.evaluator`) with `make_evaluator`.
 """
 
 from __future__ import annotations
@@ -24,22 +27,38 @@ from typing import Callable
 
 import keras
 
+import numpy as np
+
 from s2dnas_tf import data as data_lib
 from s2dnas_tf import rewriter, search, training
+from s2dnas_tf import supernet as supernet_lib
 from s2dnas_tf.flops import count_flops
-from s2dnas_tf.space import Arch
+from s2dnas_tf.space import Arch, SearchSpace
 
 __all__ = [
-    "EVALUATORS", "Evaluator", "FinetuneEvaluator", "make_evaluator", "register_evaluator",
+    "EVALUATORS",
+    "Evaluator",
+    "FinetuneEvaluator",
+    "SupernetEvaluator",
+    "make_evaluator",
+    "register_evaluator",
 ]
 
 
 class Evaluator(abc.ABC):
     """Scores architectures of one base model's space for the search.
 
-    Subclasses take `(base_model, splits, train_config, reward_config)` and implement
-    `__call__`.
+    Subclasses take `(base_model, splits, train_config, reward_config, *, space)` and
+    implement `__call__`; `start_weights(arch)` is the static model whose weights the chosen
+    architecture's final training starts from (the base model unless overridden).
     """
+
+    base: keras.Model
+
+    def start_weights(self, arch: Arch) -> keras.Model:
+        """The static model the chosen `arch`'s network inherits its weights from."""
+        del arch
+        return self.base
 
     @abc.abstractmethod
     def __call__(self, arch: Arch) -> dict:
@@ -79,6 +98,8 @@ def make_evaluator(
     splits: data_lib.Splits,
     train_config: training.TrainConfig,
     reward_config: search.RewardConfig,
+    *,
+    space: SearchSpace,
 ) -> Evaluator:
     """The evaluator registered as `name`, built from the common arguments.
 
@@ -90,7 +111,7 @@ def make_evaluator(
         raise ValueError(
             f"evaluator must be one of {sorted(EVALUATORS)}. Received: evaluator={name!r}"
         )
-    return EVALUATORS[name](base_model, splits, train_config, reward_config)
+    return EVALUATORS[name](base_model, splits, train_config, reward_config, space=space)
 
 
 @register_evaluator("finetune")
@@ -120,7 +141,10 @@ class FinetuneEvaluator(Evaluator):
         splits: data_lib.Splits,
         train_config: training.TrainConfig,
         reward_config: search.RewardConfig,
+        *,
+        space: SearchSpace | None = None,
     ):
+        del space  # each candidate is transformed from the base model itself
         if isinstance(base_model, (str, os.PathLike)):
             path = os.fspath(base_model)
             self.base = keras.saving.load_model(path)
@@ -151,6 +175,70 @@ class FinetuneEvaluator(Evaluator):
             self.static_flops,
             self.reward_config,
         )
+
+
+@register_evaluator("supernet")
+class SupernetEvaluator(Evaluator):
+    """Scores each candidate from the space's weight-sharing supernet (trained once).
+
+    Args:
+        base_model: The trained static model, or the path of its `.keras` file (also the
+            distillation teacher of the supernet's training).
+        splits: The data: the supernet trains on `x_train`, BatchNorm statistics come from
+            `bn_images` of its images (a seeded sample), candidates are scored on `x_val`.
+        train_config: The supernet's training. With an `output_dir` the trained supernet is
+            kept there (`supernet.keras`) and a resumed or repeated search reuses it (a
+            killed training resumes from its last epoch).
+        reward_config: How validation outputs become the reward.
+        space: The space searched.
+        bn_images: Training images per candidate's BatchNorm recalibration.
+
+    Raises:
+        ValueError: If a config is invalid, the base model does not fit the data, or the
+            model has a layer the supernet cannot share (see `supernet.Supernet`).
+    """
+
+    def __init__(
+        self,
+        base_model: keras.Model | str | os.PathLike,
+        splits: data_lib.Splits,
+        train_config: training.TrainConfig,
+        reward_config: search.RewardConfig,
+        *,
+        space: SearchSpace,
+        bn_images: int = 512,
+    ):
+        if isinstance(base_model, (str, os.PathLike)):
+            path = os.fspath(base_model)
+            self.base = keras.saving.load_model(path)
+            teacher_fn = lambda: keras.saving.load_model(path)  # noqa: E731
+        else:
+            self.base = base_model
+            teacher_fn = lambda: _copy_model(base_model)  # noqa: E731
+        train_config.validate()
+        reward_config.validate()
+        data_lib.check_num_classes(splits, self.base)
+        self.splits = splits
+        self.reward_config = reward_config
+        self.static_flops = count_flops(self.base)
+        self.supernet = supernet_lib.train_supernet(
+            self.base, space, splits, train_config, teacher_fn=teacher_fn
+        )
+        rng = np.random.default_rng(train_config.seed)
+        count = min(bn_images, len(splits.x_train))
+        self.bn_images = splits.x_train[np.sort(rng.choice(len(splits.x_train), count, False))]
+
+    def __call__(self, arch: Arch) -> dict:
+        probs, stage_flops = self.supernet.evaluate(arch, self.bn_images, self.splits.x_val)
+        return search.compute_reward(
+            probs, self.splits.y_val, stage_flops, self.static_flops, self.reward_config
+        )
+
+    def start_weights(self, arch: Arch) -> keras.Model:
+        """The supernet's weights with `arch`'s BatchNorm statistics, as a static model."""
+        self.supernet.set_arch(arch)
+        self.supernet.recalibrate_batchnorm(self.bn_images)
+        return self.supernet.to_static()
 
 
 def _copy_model(model: keras.Model) -> keras.Model:

@@ -55,6 +55,7 @@ def train_and_report(
     log: Callable[[str], None] = print,
     export_name: str | None = None,
     build_net: Callable[[], keras.Model] | None = None,
+    start_from: keras.Model | None = None,
 ) -> dict:
     """Trains `arch`'s multi-stage net from `base`, calibrates on validation, reports on test.
 
@@ -77,6 +78,9 @@ def train_and_report(
         export_name: Export the SavedModel / TFLite under this model name (None: don't).
         build_net: Builds the multi-stage net instead of `transform(base, arch)`; called
             inside the training strategy's scope.
+        start_from: A static model of `base`'s architecture whose weights the net inherits
+            instead of `base`'s (e.g. a trained supernet's); the report's static figures
+            stay `base`'s.
 
     Returns:
         The report dict.
@@ -87,7 +91,8 @@ def train_and_report(
     if (arch is None) == (build_net is None):
         raise ValueError("Expected exactly one of arch and build_net.")
     if build_net is None:
-        build_net = lambda: rewriter.transform(base, arch)  # noqa: E731
+        source = base if start_from is None else start_from
+        build_net = lambda: rewriter.transform(source, arch)  # noqa: E731
     static_flops = count_flops(base)
     static_acc = static_accuracy(base, splits.x_test, splits.y_test)
     log(f"static: test accuracy {static_acc:.4f}, FLOPs {static_flops:,}")

@@ -111,9 +111,13 @@ class SearchRunConfig:
         max_first_stage_flops: Only search architectures whose first stage costs at most
             this fraction of the static FLOPs (`search.first_stage_flops_cap`); None: all.
         evaluator: How a candidate is evaluated: a name of `evaluators.EVALUATORS`
-            ("finetune": `evaluators.FinetuneEvaluator`).
+            ("finetune": `evaluators.FinetuneEvaluator`; "supernet":
+            `evaluators.SupernetEvaluator`, whose trained supernet is kept in
+            `<output_dir>/supernet/` and whose weights the chosen net starts from).
         candidate_train: The candidates' training (for "finetune", each one's short
             fine-tune; ephemeral).
+        supernet_train: The supernet's training (for "supernet"; state and the trained
+            `supernet.keras` in `<output_dir>/supernet`).
         final_train: The chosen net's training (state in `<output_dir>/final`).
         deterministic: Enable TensorFlow's op determinism (for the whole process), so the
             same seed gives the same candidates, rewards and result.
@@ -137,6 +141,11 @@ class SearchRunConfig:
         default_factory=lambda: training.TrainConfig(
             epochs=1, learning_rate=0.01, bn_momentum=0.9, distill_weight=1.0, verbose=0,
             ephemeral=True,
+        )
+    )
+    supernet_train: training.TrainConfig = dataclasses.field(
+        default_factory=lambda: training.TrainConfig(
+            epochs=5, learning_rate=0.02, distill_weight=1.0
         )
     )
     final_train: training.TrainConfig = dataclasses.field(
@@ -247,7 +256,7 @@ def train_base(
 # What a finished search run leaves, removed when it is started afresh (`overwrite`).
 _SEARCH_OUTPUTS = ("report.json", "report.md", "curve.png", "arch.json", "search_log.jsonl",
                    "controller.json", "multistage.keras", "config.json", "model.tflite")
-_SEARCH_OUTPUT_DIRS = ("base", "candidates", "final", "saved_model")
+_SEARCH_OUTPUT_DIRS = ("base", "candidates", "final", "saved_model", "supernet")
 
 
 def run_search(
@@ -282,6 +291,9 @@ def run_search(
             shutil.rmtree(os.path.join(out, name), ignore_errors=True)
     base_train = dataclasses.replace(config.base_train, output_dir=os.path.join(out, "base"))
     final_train = dataclasses.replace(config.final_train, output_dir=os.path.join(out, "final"))
+    supernet_train = dataclasses.replace(
+        config.supernet_train, output_dir=os.path.join(out, "supernet")
+    )
     with _checking_input():
         if config.base_model is None:
             _check_model_name(config.model)
@@ -295,6 +307,7 @@ def run_search(
         base_train.validate()
         final_train.validate()
         dataclasses.replace(config.candidate_train, ephemeral=True).validate()
+        supernet_train.validate()
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     run_start = time.time()
@@ -334,9 +347,17 @@ def run_search(
             )
         log(f"searching only architectures whose first stage costs <= "
             f"{config.max_first_stage_flops} of the static FLOPs")
-    evaluator = evaluators.make_evaluator(
-        config.evaluator, base_path, splits, config.candidate_train, config.reward
-    )
+    if config.evaluator == "supernet":
+        log(f"the supernet ({supernet_train.epochs} epochs; kept in {out}/supernet) ...")
+    with _checking_input():
+        evaluator = evaluators.make_evaluator(
+            config.evaluator,
+            base_path,
+            splits,
+            supernet_train if config.evaluator == "supernet" else config.candidate_train,
+            config.reward,
+            space=space,
+        )
     summary = search_lib.run_search(
         space, evaluator, config.search, out, log=log, admissible=admissible
     )
@@ -373,6 +394,7 @@ def run_search(
         },
         log=log,
         export_name=config.export_name or base.name,
+        start_from=evaluator.start_weights(arch),
     )
     log(f"total wall time {time.time() - run_start:.0f} s")
     return result
