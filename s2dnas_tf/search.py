@@ -216,7 +216,9 @@ def run_search(
     Returns:
         {"best": the best log record, "evaluated": int, "seconds": float, "samples": int,
         "rejected": samples `admissible` refused; both counts cover the whole
-        search, a resumed one included}.
+        search, a resumed one included; "updates": the RL controller's updates
+        ({"evaluated", "mean_reward", "baseline", "entropy"} each; also in controller.json),
+        empty for random search}.
 
     Raises:
         RuntimeError: If the sample limit is reached before any admissible architecture
@@ -246,12 +248,15 @@ def run_search(
             controller.set_state(saved["controller"])
             samples = saved["samples"]
             rejected = saved.get("rejected", 0)  # absent from states written before it was kept
+            updates = saved.get("updates", [])  # likewise
         else:
             samples = rejected = 0
+            updates = []
     else:
         # Random search redraws its (seeded) sequence from the start: logged architectures
         # come from the cache, and the rejections are counted again on the way.
         samples = rejected = 0
+        updates = []
     if search_log.records:
         log(f"resuming: {len(search_log.records)} architectures already evaluated")
     max_samples = config.max_samples_factor * config.num_candidates
@@ -309,8 +314,10 @@ def run_search(
             rewards.append(record["reward"])
         if controller is not None and batch and len(rewards) == len(batch):
             stats = controller.update(batch, rewards, space.valid_choices)
+            updates.append({"evaluated": len(search_log.records),
+                            **{k: float(stats[k]) for k in ("mean_reward", "baseline", "entropy")}})
             state = {"controller": controller.get_state(), "samples": samples,
-                     "rejected": rejected}
+                     "rejected": rejected, "updates": updates}
             fileio.write_text(state_path, json.dumps(state))
             log(
                 f"[rl] update: mean reward {stats['mean_reward']:.4f}  baseline "
@@ -331,6 +338,7 @@ def run_search(
         "seconds": float(sum(r["seconds"] for r in search_log.records)),
         "samples": samples,
         "rejected": rejected,
+        "updates": updates,
     }
 
 

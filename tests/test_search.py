@@ -180,6 +180,11 @@ def test_rl_beats_random_on_a_known_landscape(tmp_path, space):
                                     controller_config=ControllerConfig(learning_rate=0.03))
         log = [json.loads(line) for line in (tmp_path / searcher / "search_log.jsonl").open()]
         results[searcher] = (summary["best"]["reward"], np.mean([r["reward"] for r in log[-16:]]))
+        if searcher == "rl":  # an update per batch of 8 (cached ones too); the policy narrows
+            entropy = [u["entropy"] for u in summary["updates"]]
+            assert len(entropy) >= 8 and entropy[-1] < entropy[0] / 2, entropy
+        else:
+            assert summary["updates"] == []
     assert results["rl"][1] > results["random"][1], results
 
 
@@ -236,6 +241,9 @@ def test_a_resumed_constrained_rl_search_keeps_its_rejection_count(tmp_path, spa
     assert resumed["evaluated"] == 4
     assert calls == full_calls
     assert (resumed["samples"], resumed["rejected"]) == (full["samples"], full["rejected"])
+    # The controller's update history (entropy per update) survives the restart.
+    assert resumed["updates"] == full["updates"] and len(full["updates"]) >= 2
+    assert all(u["entropy"] > 0 for u in full["updates"])
 
 
 def test_a_constraint_that_excludes_everything_is_an_error(tmp_path, space):

@@ -1,0 +1,195 @@
+"""REINFORCE against random search, both scoring candidates from one weight-sharing supernet.
+
+    python experiments/search_comparison.py --flagfile=experiments/configs/search_cifar10_resnet20.flags
+
+1. trains the supernet of the static model's space once (`<output_dir>/supernet/`, reused);
+2. runs each searcher (`--searchers`) with each seed (`--seeds`) for `--num_candidates`
+   distinct networks, in the order rl/seed 0, random/seed 0, rl/seed 1, ... so that a run
+   stopped early still holds comparable pairs (`<output_dir>/<searcher>_seed<k>/`);
+3. writes `<results_dir>/<results_name>.{json,md,png}`: per searcher and seed the best reward,
+   candidates, seconds and the reward of every candidate in order; the RL controller's
+   entropy per update; the plot of the best reward so far against candidates.
+
+Every step resumes: started again, the supernet loads, each search continues from its log.
+The `ranking` entry (Kendall tau between supernet score and trained accuracy) stays empty
+until architectures trained in full are given (`--trained_archs`, a JSON list of
+{"tokens", "trained_accuracy"}).
+"""
+
+import json
+import os
+import time
+
+import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+from absl import flags
+
+FLAGS = flags.FLAGS
+cli_common.define_flags(*cli_common.DATA_FLAGS, "batch_size", "seed", "verbose", "strategy",
+                        "logical_cpus", "num_stages", "channel_multiple", "flops_budget",
+                        "supernet_epochs", "supernet_learning_rate", "search_batch_size",
+                        "output_dir")
+flags.DEFINE_string("base_model", "experiments/checkpoints/cifar10_resnet20.keras",
+                    "The trained static model (.keras).")
+flags.DEFINE_integer("num_candidates", 300, "Distinct networks per search.")
+flags.DEFINE_list("searchers", ["rl", "random"], "Searchers to compare.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each searcher.")
+flags.DEFINE_integer("bn_images", 512, "Training images per candidate's BatchNorm statistics.")
+flags.DEFINE_string("trained_archs", None,
+                    "JSON list of {tokens, trained_accuracy}: archs trained in full, for the "
+                    "ranking's Kendall tau.")
+flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
+flags.DEFINE_string("results_name", "search_cifar10_resnet20", "Results file name.")
+flags.mark_flag_as_required("output_dir")
+
+
+def kendall_tau(a, b) -> float:
+    """Kendall's tau-b of two equally long sequences."""
+    import numpy as np
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    i, j = np.triu_indices(len(a), 1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    concordant = float(np.sum(da * db))
+    ties_a, ties_b = float(np.sum(da == 0)), float(np.sum(db == 0))
+    pairs = float(len(i))
+    return concordant / max(1e-12, ((pairs - ties_a) * (pairs - ties_b)) ** 0.5)
+
+
+def main(argv):
+    del argv
+    cli_common.configure_logical_cpus(FLAGS.logical_cpus)
+    import keras
+    import numpy as np
+
+    import s2dnas_tf as s2d
+    from s2dnas_tf import data, evaluators, fileio, search, training
+
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+        unknown = sorted(set(FLAGS.searchers) - {"rl", "random"})
+        if unknown:
+            raise ValueError(f"--searchers takes rl and random. Received: {unknown}")
+        splits = data.load_dataset(cli_common.data_config(FLAGS.flag_values_dict()))
+        base = keras.saving.load_model(FLAGS.base_model)
+        space = s2d.SearchSpace.from_model(
+            base, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple
+        )
+    except (ValueError, OSError) as e:
+        return cli_common.usage_error(str(e))
+    out = FLAGS.output_dir
+    os.makedirs(out, exist_ok=True)
+    print(space.describe(), flush=True)
+    reward = search.RewardConfig(kind="budget", flops_budget=FLAGS.flops_budget)
+    start = time.time()
+    evaluator = evaluators.SupernetEvaluator(
+        FLAGS.base_model,
+        splits,
+        training.TrainConfig(
+            output_dir=os.path.join(out, "supernet"),
+            epochs=FLAGS.supernet_epochs,
+            learning_rate=FLAGS.supernet_learning_rate,
+            batch_size=FLAGS.batch_size,
+            distill_weight=1.0,
+            strategy=FLAGS.strategy,
+            seed=FLAGS.seed,
+            verbose=FLAGS.verbose,
+        ),
+        reward,
+        space=space,
+        bn_images=FLAGS.bn_images,
+    )
+    supernet_seconds = time.time() - start
+    print(f"supernet ready in {supernet_seconds:.0f} s", flush=True)
+
+    results = {"searchers": {name: [] for name in FLAGS.searchers},
+               "supernet_seconds_this_call": supernet_seconds}
+    for seed in seeds:
+        for name in FLAGS.searchers:
+            run_dir = os.path.join(out, f"{name}_seed{seed}")
+            summary = search.run_search(
+                space,
+                evaluator,
+                search.SearchConfig(searcher=name, num_candidates=FLAGS.num_candidates,
+                                    batch_size=FLAGS.search_batch_size, seed=seed),
+                run_dir,
+                log=lambda message: None,
+            )
+            with open(os.path.join(run_dir, "search_log.jsonl")) as f:
+                records = [json.loads(line) for line in f if line.strip()]
+            entry = {
+                "seed": seed,
+                "best_reward": summary["best"]["reward"],
+                "best_tokens": summary["best"]["tokens"],
+                "candidates": summary["evaluated"],
+                "seconds": summary["seconds"],
+                "rewards": [r["reward"] for r in records],
+                "entropy": [u["entropy"] for u in summary["updates"]],
+            }
+            results["searchers"][name].append(entry)
+            print(f"{name} seed {seed}: best reward {entry['best_reward']:.4f} after "
+                  f"{entry['candidates']} candidates, {entry['seconds']:.0f} s", flush=True)
+    ranking = {"kendall_tau": None, "archs": []}
+    if FLAGS.trained_archs:
+        with open(FLAGS.trained_archs) as f:
+            trained = json.load(f)
+        for item in trained:
+            scored = evaluator(space.decode(item["tokens"]))
+            ranking["archs"].append({"tokens": item["tokens"],
+                                     "supernet_score": scored["reward"],
+                                     "trained_accuracy": item["trained_accuracy"]})
+        ranking["kendall_tau"] = kendall_tau(
+            [a["supernet_score"] for a in ranking["archs"]],
+            [a["trained_accuracy"] for a in ranking["archs"]],
+        )
+    results["ranking"] = ranking
+    base_path = os.path.join(FLAGS.results_dir, FLAGS.results_name)
+    fileio.write_json(base_path + ".json", results)
+    fileio.write_text(base_path + ".md", _markdown(results, np))
+    _plot(results, base_path + ".png", fileio)
+    print(f"wrote {base_path}.json/.md/.png", flush=True)
+    return 0
+
+
+def _markdown(results, np) -> str:
+    lines = ["# Search comparison (supernet evaluator)", "",
+             "| searcher | seeds | best reward (mean) | spread (max - min) | candidates | s/candidate |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for name, runs in results["searchers"].items():
+        if not runs:
+            continue
+        best = np.array([r["best_reward"] for r in runs])
+        cands = sum(r["candidates"] for r in runs)
+        secs = sum(r["seconds"] for r in runs)
+        lines.append(f"| {name} | {len(runs)} | {best.mean():.4f} | {best.max() - best.min():.4f} "
+                     f"| {cands} | {secs / max(1, cands):.2f} |")
+    tau = results["ranking"]["kendall_tau"]
+    lines += ["", f"Kendall tau (supernet score vs trained accuracy): "
+              f"{'not measured' if tau is None else f'{tau:.3f}'}", ""]
+    return "\n".join(lines)
+
+
+def _plot(results, path, fileio) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    colors = {"rl": "tab:blue", "random": "tab:orange"}
+    for name, runs in results["searchers"].items():
+        for r in runs:
+            best = np.maximum.accumulate(r["rewards"])
+            ax.plot(np.arange(1, len(best) + 1), best, color=colors.get(name), alpha=0.8,
+                    label=f"{name} seed {r['seed']}")
+    ax.set_xlabel("candidates evaluated")
+    ax.set_ylabel("best reward so far")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    with fileio.atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    cli_common.run(main)
