@@ -68,7 +68,35 @@ def test_static_training_learns_and_checkpoints(tmp_path, digits):
     )
 
 
+def test_multistage_training_with_distillation_tiny(tmp_path, digits):
+    """The fast tier's multi-stage training (the slow test below trains a real teacher
+    first): `train` takes a transformed net and the teacher it came from, trains the
+    stages and hands the teacher back unchanged, trainable as it came."""
+    base = small_model_fn(digits)()
+    space = s2d.SearchSpace.from_model(base, num_stages=2)
+    config = training.TrainConfig(
+        str(tmp_path), epochs=1, batch_size=16, steps_per_epoch=3, augment=False,
+        verbose=0, ephemeral=True, stage_weights=[0.5, 1.0], distill_weight=0.5,
+        distill_temperature=3.0,
+    )
+    base_weights = [np.array(w) for w in base.get_weights()]
+    net = s2d.transform(base, space.default_arch())
+    net_weights = [np.array(w) for w in net.get_weights()]
+    trained, history = training.train(lambda: net, digits, config, teacher_fn=lambda: base)
+    assert trained is net and len(net.outputs) == 2
+    assert np.isfinite(history["loss"]).all()
+    assert any(not np.array_equal(a, b) for a, b in zip(net_weights, net.get_weights()))
+    for a, b in zip(base_weights, base.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert base.trainable and all(layer.trainable for layer in base.layers)
+    probs = training.predict_stage_probabilities(net, digits.x_test[:8])
+    assert probs.shape == (2, 8, 10)
+
+
+@pytest.mark.slow
 def test_multistage_training_with_distillation(tmp_path, digits):
+    """The full recipe: a teacher trained for 3 epochs, its 2-stage net trained with
+    distillation for 2 more, and the last stage then classifies the digits."""
     teacher_dir = tmp_path / "teacher"
     base, _ = training.train(
         small_model_fn(digits),
@@ -235,10 +263,11 @@ def test_class_count_mismatch_is_refused(tmp_path, digits):
         )
 
 
+@pytest.mark.slow
 def test_train_base_mirrored_over_two_logical_cpus(tmp_path, digits):
     """The command line's --strategy=mirrored --logical_cpus=2 reaches training (2 replicas)
     and trains: the loss falls and the saved model gives the reported test accuracy.
-    (That mirrored training equals the default strategy is the test above.)"""
+    (That mirrored training equals the default strategy is the fast test below.)"""
     out = tmp_path / "run"
     result = subprocess.run(
         [
@@ -373,6 +402,7 @@ def _free_ports(n):
     return ports
 
 
+@pytest.mark.slow  # two processes and a collective set-up: about a minute whatever the size
 def test_multi_worker_on_localhost(tmp_path):
     """Two workers on localhost ports, MultiWorkerMirroredStrategy: both train in lockstep,
     so they end with the same weights and the same test accuracy."""
