@@ -6,10 +6,12 @@ import pathlib
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 
-from s2dnas_tf import calibration, report
+from s2dnas_tf import calibration, data, report
+from s2dnas_tf.models import build_model, with_input_normalization
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -149,6 +151,36 @@ def _run(script, *args):
     )
 
 
+def test_train_dynamic_end_to_end_tiny(tmp_path):
+    """The fast tier's run of train_dynamic.py (the slow test below also trains the base
+    and checks accuracies): a few steps of a 2-stage net from an untrained base, then
+    calibration, the report and the exports, every file in place."""
+    splits = data.load_dataset(data.DataConfig(name="digits"))
+    mean, variance = splits.channel_stats()
+    base = with_input_normalization(
+        build_model("resnet8", input_shape=splits.image_shape, width_multiplier=0.5),
+        mean, variance,
+    )
+    base.save(tmp_path / "base.keras")
+    run_dir = tmp_path / "dynamic"
+    result = _run("train_dynamic.py", f"--base_model={tmp_path / 'base.keras'}",
+                  "--num_stages=2", "--epochs=1", "--steps_per_epoch=2", "--batch_size=32",
+                  f"--output_dir={run_dir}", "--verbose=0", "--flops_budget=0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "dynamic: test accuracy" in result.stdout
+    for name in ("config.json", "arch.json", "report.json", "report.md", "curve.png",
+                 "multistage.keras", "model.tflite"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "saved_model").rglob("saved_model.pb"))
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert rep["dataset"] == "digits" and rep["num_stages"] == 2
+    assert rep["dynamic"]["flops_budget_ratio"] == 0.5
+    assert len(rep["dynamic"]["thresholds"]) == 1 and len(rep["stage_accuracy"]) == 2
+    net = keras.saving.load_model(run_dir / "multistage.keras")
+    assert len(net.outputs) == 2
+
+
+@pytest.mark.slow
 def test_base_then_dynamic_pipeline_on_digits(tmp_path):
     base_dir, run_dir = tmp_path / "base", tmp_path / "dynamic"
     result = _run("train_base.py", "--model=resnet8", "--epochs=3", "--batch_size=32",
