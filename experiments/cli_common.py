@@ -128,7 +128,7 @@ _flag(flags.DEFINE_integer, "num_candidates", 20, "Distinct architectures to eva
       _at_least(1), "--num_candidates must be >= 1.")
 _flag(flags.DEFINE_integer, "search_batch_size", 4, "Architectures per controller update.",
       _at_least(1), "--search_batch_size must be >= 1.")
-_flag(flags.DEFINE_enum, "reward", "budget", "Reward of a candidate (DESIGN §5).",
+_flag(flags.DEFINE_enum, "reward", "budget", "Reward of a candidate (docs/design.md §5).",
       enum_values=["budget", "linear"])
 _flag(flags.DEFINE_float, "flops_lambda", 0.5, "lambda of --reward=linear.",
       _at_least(0), "--flops_lambda must be >= 0.")

@@ -2,7 +2,7 @@
 
     python experiments/search.py --flagfile=experiments/configs/quickstart.flags
 
-Writes into --output_dir (DESIGN §10): config.json, search_log.jsonl (one line per evaluated
+Writes into --output_dir (docs/design.md §10): config.json, search_log.jsonl (one line per evaluated
 architecture, appended as the search goes), arch.json, report.json, report.md, curve.png,
 multistage.keras, saved_model/<name>/1/ (the dynamic SavedModel) and model.tflite; plus base/
 (when the base model is trained here), controller.json (the RL controller's state) and final/

@@ -1,6 +1,6 @@
 """s2dnas_tf: turn a trained static Keras CNN into a multi-stage network for dynamic inference.
 
-Public API (DESIGN §9):
+Public API (docs/design.md §9):
 
     import s2dnas_tf as s2d
     space = s2d.SearchSpace.from_model(model, num_stages=3)

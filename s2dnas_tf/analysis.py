@@ -1,4 +1,4 @@
-"""Channel analysis of a Keras graph: units, unit groups and the classifier (DESIGN §2–§3).
+"""Channel analysis of a Keras graph: units, unit groups and the classifier (docs/design.md §2–§3).
 
 A *unit* is a set of tensors whose channel axes must be split the same way because a
 channel-wise op or an elementwise merge joins them. Units come in three kinds:

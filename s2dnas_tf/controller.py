@@ -1,4 +1,4 @@
-"""The policy-gradient controller of the architecture search (DESIGN §5).
+"""The policy-gradient controller of the architecture search (docs/design.md §5).
 
 An LSTM cell, shared over the steps, emits an architecture token by token. At step t its input
 is the embedding of the token chosen at step t-1 (a learned start embedding at t = 0; one

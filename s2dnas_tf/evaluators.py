@@ -1,4 +1,4 @@
-"""Candidate evaluators of the architecture search (DESIGN §5): architecture -> reward record.
+"""Candidate evaluators of the architecture search (docs/design.md §5): arch -> reward record.
 
 `search.run_search(space, evaluate, ...)` takes any callable `arch -> dict`; an `Evaluator` is
 the one a search run builds once (from the base model, the data, how to train a candidate

@@ -1,5 +1,5 @@
 """The steps after choosing an architecture, shared by train_dynamic.py and search.py:
-train the multi-stage network from the inherited weights, calibrate, report (DESIGN §6, §4,
+train the multi-stage network from the inherited weights, calibrate, report (docs/design.md §6, §4,
 §10). Library code: takes arguments, never flags."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ def static_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
 
 
 def export_run(net: keras.Model, result: dict, output_dir: str, name: str, log=print) -> dict:
-    """Exports a reported run for deployment (DESIGN §7, §10): the dynamic SavedModel at
+    """Exports a reported run for deployment (docs/design.md §7, §10): the dynamic SavedModel at
     `<output_dir>/saved_model/<name>/1/` with the report's thresholds, and `model.tflite`
     (float, batch 1) converted from it.
 

@@ -1,4 +1,4 @@
-"""The run report of DESIGN §10: `report.json`, `report.md` and `curve.png`.
+"""The run report of docs/design.md §10: `report.json`, `report.md` and `curve.png`.
 
 Thresholds are always chosen on the validation split and every accuracy is measured on the
 test split, so the figures are honest held-out numbers:
@@ -55,7 +55,7 @@ def build_report(
         extra: More top-level fields (e.g. training wall times).
 
     Returns:
-        A JSON-serialisable dict with the fields of DESIGN §10.
+        A JSON-serialisable dict with the fields of docs/design.md §10.
 
     Raises:
         ValueError: For a budget outside (0, 1] or inconsistent shapes.

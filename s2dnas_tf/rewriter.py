@@ -1,4 +1,4 @@
-"""Split + concat: rebuild a model as a multi-stage network with inherited weights (DESIGN §2).
+"""Split + concat: a model rebuilt as a multi-stage network, weights inherited (docs/design.md §2).
 
 `transform(model, arch)` returns a new `keras.Model` with one output per stage (logits). Its
 layers are named `stage{s}_<original name>` (plus `shared_<name>` for the layers computed on
@@ -375,7 +375,7 @@ def to_static(net: keras.Model, model: keras.Model) -> keras.Model:
 
 
 def stage_flops(net: keras.Model) -> list[int]:
-    """Cumulative FLOPs (MACs, DESIGN §4) of a transformed network, per stage.
+    """Cumulative FLOPs (MACs, docs/design.md §4) of a transformed network, per stage.
 
     Args:
         net: A model returned by `transform` (or loaded back from one).

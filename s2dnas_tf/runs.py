@@ -1,4 +1,4 @@
-"""The runs behind the experiments/ entry points, as library functions (DESIGN §10).
+"""The runs behind the experiments/ entry points, as library functions (docs/design.md §10).
 
 - `train_base(TrainBaseConfig)`: a static reference model trained from scratch
   (experiments/train_base.py);

@@ -1,4 +1,4 @@
-"""The architecture search (DESIGN §5): rewards, the evaluation cache and the resumable loop.
+"""The architecture search (docs/design.md §5): rewards, the evaluation cache, the resumable loop.
 
 `run_search` drives either searcher through one code path:
 

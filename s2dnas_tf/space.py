@@ -1,4 +1,4 @@
-"""The architecture space of multi-stage networks derived from one model (DESIGN §3).
+"""The architecture space of multi-stage networks derived from one model (docs/design.md §3).
 
 An architecture is a short list of discrete decisions (tokens):
 
@@ -32,7 +32,7 @@ import numpy as np
 
 from s2dnas_tf import analysis as analysis_lib
 
-DEFAULT_GRID = 8  # eighths, as in DESIGN §3: fine enough to matter, small enough to search
+DEFAULT_GRID = 8  # eighths, as in docs/design.md §3: fine enough to matter, small enough to search
 
 
 def partition_boundaries(

@@ -1,4 +1,4 @@
-"""Training of static and multi-stage networks under a tf.distribute strategy (DESIGN §6).
+"""Training of static and multi-stage networks under a tf.distribute strategy (docs/design.md §6).
 
 - `make_strategy(name)`: "default", "mirrored" (all local devices) or "multi_worker"
   (MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG).

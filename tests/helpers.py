@@ -1,4 +1,4 @@
-"""One helper per test kind (keras-hub style): model invariants of DESIGN §2."""
+"""One helper per test kind (keras-hub style): model invariants of docs/design.md §2."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def weights_snapshot(model: keras.Model) -> list[np.ndarray]:
 
 
 def run_transform_invariants_test(model: keras.Model, num_stages: int = 3, seed: int = 0):
-    """Checks DESIGN §2's invariants on `model` and returns (space, net) for more checks.
+    """Checks docs/design.md §2's invariants on `model` and returns (space, net) for more checks.
 
     - S = 1 reproduces the original logits (max abs diff <= 1e-4 x the logits' scale);
     - with S = `num_stages`, the default arch and a sampled arch build, every stage returns

@@ -1,4 +1,4 @@
-"""The REINFORCE controller (DESIGN §5): loss, learning, masking, determinism, resumption."""
+"""The REINFORCE controller (docs/design.md §5): loss, learning, masking, determinism, resume."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for `s2dnas_tf.export` (DESIGN §7) on the real digits images.
+"""Tests for `s2dnas_tf.export` (docs/design.md §7) on the real digits images.
 
 The exported SavedModel is loaded in a fresh process that imports TensorFlow only, and the
 TFLite models in one that imports the LiteRT runtime (`ai_edge_litert`) only; their answers

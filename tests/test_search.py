@@ -1,4 +1,5 @@
-"""The search loop (DESIGN §5): rewards, cache, determinism, resume; search.py end to end."""
+"""The search loop (docs/design.md §5): rewards, cache, determinism, resume; search.py end to end.
+"""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""DESIGN §2 invariants over the model zoo, keras.applications and a CNN of every layer type."""
+"""The invariants of docs/design.md §2 over the model zoo, keras.applications and a CNN of every
+layer type."""
 
 import json
 

@@ -1,4 +1,4 @@
-"""Dynamic inference and exit-threshold calibration (DESIGN §4), in plain numpy.
+"""Dynamic inference and exit-threshold calibration (docs/design.md §4), in plain numpy.
 
 Exit rule: after stage s < S a sample exits if the maximum softmax probability of
 stage s is >= tau_s; the last stage always answers. Everything here works on the

@@ -1,4 +1,4 @@
-"""Deployment (DESIGN §7): a dynamic-inference SavedModel for TF Serving, and TFLite.
+"""Deployment (docs/design.md §7): a dynamic-inference SavedModel for TF Serving, and TFLite.
 
 Modules: `stages` (the per-stage split), `folding` (conv + BatchNorm folding), `serving`
 (the `tf.Module`s), `saved_model` (TF Serving's layout), `tflite` (conversion and checks).

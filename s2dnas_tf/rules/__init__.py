@@ -1,4 +1,4 @@
-"""Layer rules: how each Keras layer type is split into per-stage slices (DESIGN §2).
+"""Layer rules: how each Keras layer type is split into per-stage slices (docs/design.md §2).
 
 A rule answers three questions for one layer type:
 
