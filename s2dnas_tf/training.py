@@ -234,7 +234,10 @@ class DistillingModel(keras.Model):
             kl = kl + keras.ops.mean(
                 keras.ops.sum(teacher * (keras.ops.log(teacher + 1e-12) - log_student), axis=-1)
             )
-        return loss + self.weight * (t**2) * kl
+        # Keras divides the compiled loss by the number of replicas (their gradients are
+        # summed); a term added here must be divided too, or it counts once per replica.
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        return loss + self.weight * (t**2) * kl / replicas
 
 
 class _DivergenceGuard(keras.callbacks.Callback):

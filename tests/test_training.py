@@ -352,20 +352,9 @@ print(json.dumps(result))
     "distill_weight",
     [
         0.0,
-        pytest.param(
-            1.0,
-            marks=[
-                # Slow tier: one more process and two trainings, for a known defect.
-                pytest.mark.slow,
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="DistillingModel.compute_loss adds its term unscaled by "
-                    "1/replicas while Keras scales the compiled loss, so under 2 replicas "
-                    "distillation counts twice (reported with issue 16; remove this mark "
-                    "once fixed)",
-                ),
-            ],
-        ),
+        # Slow tier: one more process and two trainings. It failed while
+        # DistillingModel.compute_loss left its term unscaled by 1/replicas.
+        pytest.param(1.0, marks=pytest.mark.slow),
     ],
 )
 def test_mirrored_over_two_logical_cpus_matches_the_default_strategy(tmp_path, distill_weight):
