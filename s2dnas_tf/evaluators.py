@@ -99,9 +99,10 @@ def make_evaluator(
     train_config: training.TrainConfig,
     reward_config: search.RewardConfig,
     *,
-    space: SearchSpace,
+    space: SearchSpace | None = None,
 ) -> Evaluator:
-    """The evaluator registered as `name`, built from the common arguments.
+    """The evaluator registered as `name`, built from the common arguments (`space`: the
+    space searched, which the supernet evaluator needs).
 
     Raises:
         ValueError: For an unknown name (the message lists the registered ones), or what
@@ -205,9 +206,14 @@ class SupernetEvaluator(Evaluator):
         train_config: training.TrainConfig,
         reward_config: search.RewardConfig,
         *,
-        space: SearchSpace,
+        space: SearchSpace | None = None,
         bn_images: int = 512,
     ):
+        if not isinstance(space, SearchSpace):
+            raise ValueError(
+                "The supernet evaluator needs the SearchSpace searched (space=...). "
+                f"Received: space={space!r}"
+            )
         if isinstance(base_model, (str, os.PathLike)):
             path = os.fspath(base_model)
             self.base = keras.saving.load_model(path)

@@ -178,6 +178,7 @@ DIGITS = [
 ]
 
 
+@pytest.mark.slow  # whole benchmark runs on digits, minutes each
 def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     out, results = tmp_path / "run", tmp_path / "results"
     args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b",
@@ -262,6 +263,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
 
 
+@pytest.mark.slow  # whole benchmark runs on digits, minutes each
 def test_benchmark_dynamic_methods_from_static_ft(tmp_path):
     """--dynamic_from=static_ft: static_ft runs first (listed or not), and the dynamic methods
     start from and distil from its static.keras, which computes what its one-stage net does."""

@@ -308,7 +308,9 @@ def test_finetune_evaluator_scores_a_candidate_and_writes_nothing(tmp_path, spac
         assert 0 <= record["val_accuracy"] <= 1 and len(record["thresholds"]) == 2
         assert record["flops_ratio"] == pytest.approx(record["avg_flops"] / s2d.count_flops(base))
     assert not (tmp_path / "candidates").exists()
-    with pytest.raises(ValueError, match=r"evaluator must be one of \['finetune'"):
+    with pytest.raises(ValueError, match=r"evaluator must be one of \['finetune', 'supernet'"):
+        evaluators.make_evaluator("fine-tune", base, digits, config, reward)
+    with pytest.raises(ValueError, match="needs the SearchSpace"):
         evaluators.make_evaluator("supernet", base, digits, config, reward)
     with pytest.raises(ValueError, match="registered already"):
         evaluators.register_evaluator("finetune")(evaluators.FinetuneEvaluator)
@@ -395,6 +397,7 @@ def test_search_flag_errors_exit_2(tmp_path, args, expected):
     assert expected in result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # whole search runs, minutes each
 def test_search_killed_and_restarted_continues(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "experiments" / "search.py"), f"--output_dir={out}",
@@ -442,6 +445,7 @@ def test_search_killed_and_restarted_continues(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr
 
 
+@pytest.mark.slow  # whole search runs, minutes each
 def test_search_with_a_first_stage_cap(tmp_path):
     """search.py --max_first_stage_flops: every evaluated architecture obeys the cap; a cap
     below the thinnest first stage is refused up front (exit 2)."""
@@ -470,6 +474,7 @@ def test_search_with_a_first_stage_cap(tmp_path):
     assert "even the space's thinnest first stage costs more" in too_low.stderr
 
 
+@pytest.mark.slow  # whole search runs, minutes each
 def test_quickstart_end_to_end(tmp_path):
     """README's quickstart: the whole pipeline on the built-in digits, as users run it."""
     out = tmp_path / "quickstart"
@@ -534,6 +539,7 @@ def test_quickstart_end_to_end(tmp_path):
     assert again.returncode == 2 and "--overwrite" in again.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # whole search runs, minutes each
 def test_supernet_search_scores_every_candidate_from_one_trained_supernet(tmp_path):
     """--evaluator=supernet: the supernet is trained once and kept; each candidate's logged
     reward is what the kept supernet gives it (a second evaluator loads it, trains nothing,

@@ -12,7 +12,13 @@ from s2dnas_tf import rewriter
 from s2dnas_tf.models import build_model
 from tests import helpers
 
-ZOO = ["resnet20", "resnet56", "vgg16_bn", "mobilenetv2_cifar"]
+# The full-size ResNet-56 and VGG16-BN take a minute each: slow tier.
+ZOO = [
+    "resnet20",
+    pytest.param("resnet56", marks=pytest.mark.slow),
+    pytest.param("vgg16_bn", marks=pytest.mark.slow),
+    "mobilenetv2_cifar",
+]
 
 
 @pytest.mark.parametrize("name", ZOO)
@@ -105,6 +111,7 @@ def test_every_supported_layer_type():
     assert space.group_labels == ("24x24", "12x12", "10x10", "2x2")
 
 
+@pytest.mark.slow  # three full-size transforms
 def test_sequential_and_nested_models():
     L = keras.layers
     seq = keras.Sequential(
