@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from s2dnas_tf import export
+
 
 def _stats(ms: np.ndarray) -> dict[str, float]:
     return {
@@ -147,8 +149,6 @@ TFLITE = "tflite"
 
 def _saved_model_call(path: str):
     import tensorflow as tf
-
-    from s2dnas_tf import export
 
     fn = tf.saved_model.load(path).signatures[export.SERVING_BATCH1]
     return lambda x: fn(images=tf.constant(x))

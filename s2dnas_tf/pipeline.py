@@ -12,6 +12,7 @@ import keras
 import numpy as np
 
 from s2dnas_tf import data as data_lib
+from s2dnas_tf import export as export_lib
 from s2dnas_tf import report as report_lib
 from s2dnas_tf import fileio, rewriter, training
 from s2dnas_tf.flops import count_flops
@@ -31,8 +32,6 @@ def export_run(net: keras.Model, result: dict, output_dir: str, name: str, log=p
     Returns:
         {"saved_model": path, "tflite": path}.
     """
-    from s2dnas_tf import export as export_lib
-
     thresholds = result["dynamic"]["thresholds"]
     saved = export_lib.export_saved_model(
         net, thresholds, os.path.join(output_dir, "saved_model"), name, overwrite=True

@@ -40,6 +40,7 @@ from s2dnas_tf import data as data_lib
 from s2dnas_tf import search as search_lib
 from s2dnas_tf import evaluators
 from s2dnas_tf.flops import count_flops
+from s2dnas_tf.models import build_model, list_models, with_input_normalization
 from s2dnas_tf.space import SearchSpace
 
 __all__ = [
@@ -502,8 +503,6 @@ def _checking_input() -> Iterator[None]:
 
 
 def _check_model_name(name: str) -> None:
-    from s2dnas_tf.models import list_models
-
     if name not in list_models():
         raise InputError(f"model must be one of {list_models()}. Received: model={name!r}")
 
@@ -540,8 +539,6 @@ def _train_reference_model(
 ) -> tuple[keras.Model, dict]:
     """A registered model with `with_input_normalization` (the train split's channel
     statistics) first, trained from scratch (resumable)."""
-    from s2dnas_tf.models import build_model, with_input_normalization
-
     mean, variance = splits.channel_stats()
 
     def model_fn():

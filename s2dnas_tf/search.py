@@ -37,6 +37,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from s2dnas_tf import calibration, fileio
+from s2dnas_tf import controller as controller_lib
+from s2dnas_tf import flops, rewriter
 from s2dnas_tf.space import Arch, SearchSpace
 
 SEARCHERS = ("rl", "random")
@@ -238,8 +240,6 @@ def run_search(
     state_path = os.path.join(output_dir, "controller.json")
     controller = None
     if config.searcher == "rl":
-        from s2dnas_tf import controller as controller_lib
-
         cfg = controller_config or controller_lib.ControllerConfig(seed=config.seed)
         controller = controller_lib.Controller(space.token_kinds(), space.token_choices(), cfg)
         if os.path.exists(state_path):
@@ -363,8 +363,6 @@ def first_stage_flops_cap(model, max_ratio: float) -> Callable[[Arch], bool]:
         raise TypeError(f"max_ratio must be a number. Received: {type(max_ratio).__name__}")
     if not 0 < max_ratio <= 1:
         raise ValueError(f"max_ratio must be in (0, 1]. Received: {max_ratio!r}")
-    from s2dnas_tf import flops, rewriter
-
     static = flops.count_flops(model)
     cache: dict[tuple, float] = {}
 
