@@ -55,7 +55,7 @@ def test_plan_agrees_with_the_built_pieces(name):
     """`rewriter.plan` (no Keras layers) gives the channels `transform` builds, everywhere."""
     space = s2d.SearchSpace.from_model(MODELS[name], num_stages=3)
     graph = space.analysis.graph
-    for arch in _archs(space):
+    for arch in _archs(space, count=2):
         builder = rewriter._Builder(space, arch)
         (in_key,) = graph.inputs
         images = keras.Input(shape=graph.tensors[in_key].shape[1:])
@@ -84,7 +84,7 @@ def test_every_view_is_the_transformed_network(name):
     # Training mode (BatchNorm on batch statistics) where no dropout makes it random.
     random = any(isinstance(layer, keras.layers.Dropout) for layer in model.layers)
     modes = (False,) if random or name == "every_layer" else (False, True)
-    for arch in _archs(space):
+    for arch in _archs(space, count=2):
         supernet.set_arch(arch)
         # (Taken per arch: a training-mode call moves the BatchNorm statistics.)
         net = s2d.transform(supernet.to_static(), arch)
