@@ -1402,7 +1402,6 @@ def report_decomposition(w, case, man, runs):
                 f = man["models"][dyn]["flops"]
                 sums = tflite_op_sums(man, prof, dyn)
                 conv_x = sums["conv"] + sums["depthwise"] - thin_reference(thin_conv, f)
-                prof_total = sum(sums.values())
                 for r in tfl:
                     if dyn not in r["models"] or seq not in r["models"]:
                         continue
@@ -1504,7 +1503,161 @@ per run; compare ratios, not absolute times across runs. The reading is at the e
 """
 
 
-REPORT_TAIL = ""
+REPORT_TAIL = """
+## Reading (hand-written, 2026-11-29)
+
+Machine: the shared 2-core AVX-512 VM, TensorFlow 2.21 (oneDNN on), ai-edge-litert 2.3
+(XNNPACK), one thread. ResNet-20: the shipped checkpoint; MobileNetV2 at 160x160 (at 224
+every MobileNetV2 run would have taken about twice as long, and the builds alone took 24
+minutes at 160), random weights. `litert-benchmark` in the venv is ai-edge-litert's Python
+benchmark (`--model`, no op profiling) and the Python interpreter has no op profiler, so the
+TFLite per-op times come from one-op models cut out of each converted flatbuffer (sum of
+ops within 2-8 % of the whole model's time for ResNet-20; for MobileNetV2 the isolated ops
+sum to 65-75 % of the whole, since alone they run with warm caches).
+
+### What an exit path through stage 2 or 3 loses, and where
+
+**TFLite, batch 1** (ResNet-20, path 2 of the library's export, two runs): 1.70-1.74x a thin
+net of equal FLOPs (default arch), 1.52-1.54x (rl arch); path 3 1.93-1.98x / 1.73-1.74x;
+MobileNetV2 path 2 1.82-1.84x, path 3 1.70-1.77x. Split by cause (table "TFLite: the excess ..."),
+in fractions of the thin net's time, default / rl path 2:
+
+- **narrow convolutions: +0.50 / +0.37** (the largest share). XNNPACK on this CPU computes a
+  convolution's output channels in tiles of 16: a 3x3 conv on 16x16x32 costs 26.5 us for
+  *any* output count from 2 to 16, 52 us for 20-32, 108 us for 48-64; input channels are
+  paid linearly (conv sweep at the end). Stage 2's convolutions have 4-24 channels of their
+  own (8/16/32-channel groups cut in eighths), so most of them pay a full tile for a
+  quarter to a half of it, and a path runs 42 convolutions where the thin net runs 21. The
+  convs of a stage-2 path run at 22-26 MAC/ns against 35-49 for the thin nets; rounding
+  every conv's output channels up to 16 ("tile-16 MMACs" in the per-op table) gives
+  26.1 M tile-MACs for the default path 2 (12.3 M real MACs), against about 15 M for the
+  thin net of equal FLOPs: that ratio (1.7x) is the conv-time ratio.
+- **IF: +0.14-0.17 / +0.08-0.10** (dyn - seq). TFLite's IF copies every input of the taken
+  branch (all boundary feature maps of the earlier stages: 20 tensors for ResNet-20's
+  stage 2) into the branch subgraph and its outputs back. MobileNetV2: +0.32-0.38 (0.6-0.8 ms
+  of 3.4-4.0), because its boundary tensors include 80x80 maps.
+- **CONCATENATION: +0.14 / +0.07** (19 concatenations per stage).
+- other ops and per-op fixed cost: about 0. XNNPACK's cost per extra op is below 0.1 us
+  (101 chained tiny convs), so the op count as such costs nothing in TFLite; what costs is
+  each conv's partly empty output tile.
+
+**SavedModel, batch 1**: path 2 2.41-2.50x (default), 2.13-2.14x (rl), path 3 2.63-2.81 /
+2.35-2.38; even path 1 (stage 1 alone, as cheap as a thin net when called on its own: `seq`
+0.93-1.08) costs 1.58-1.66x through the DynamicModule. Split (table "SavedModel: the excess
+...", path 2, runs A and B): **captured variables +0.07-0.46** (a loaded signature passes
+every captured variable on every call; the DynamicModule captures all three stages' 135
+variables, a thin net 46; freezing them into constants saves about 0.4 ms per call for a
+thin net and 0.7-1.2 ms for the dynamic module), **control flow +0.35-0.45** (path 1:
++0.22-0.31: the tf.cond is lowered to Switch/Merge and the executor visits every node of the
+branch not taken as "dead", so an image leaving at stage 1 pays for stage 2's and 3's
+nodes), **ops +0.61-0.79** (path 3: +0.81-1.29): TensorFlow's CPU runtime costs about 23 us per
+convolution whatever its size (101 chained tiny convs: +23.4 us each), and a stage-2 path
+runs 42 convolutions and 19 concatenations where a thin net runs 21 convolutions.
+
+**SavedModel, batch 16 / 64**: path 2 1.77-1.93x / 1.71-1.88x, path 3 1.78-2.24x; the
+per-call costs fade (variables about 0) but the control flow (cond + gather/scatter) still
+costs +0.18-0.28 at batch 16 and +0.06-0.22 at 64, and the stage ops themselves +0.57-0.73
+(path 2): oneDNN's convolutions, like XNNPACK's, pay narrow channel slices well above
+their FLOPs.
+
+### Remedies, measured (ratio to the thin net of equal FLOPs; ResNet-20 path 2, default / rl arch, runs A-B)
+
+| remedy | TFLite b1 | SavedModel b1 | SavedModel b16 | SavedModel b64 |
+| --- | --- | --- | --- | --- |
+| none (library export, `dyn`) | 1.70-1.74 / 1.52-1.54 | 2.41-2.50 / 2.13-2.14 | 1.88-1.93 / 1.77-1.79 | 1.86-1.88 / 1.71 |
+| no control flow at all (`seq`, a bound) | 1.57 / 1.44 | 1.97-2.07 / 1.87-1.92 | 1.67-1.70 / 1.61-1.63 | 1.70-1.74 / 1.61-1.65 |
+| partial-conv sums instead of concat (`sum`) | 1.50-1.51 / 1.41-1.42 | 2.30-2.37 / 2.17-2.29 (worse) | 1.73 / 1.65-1.68 | 1.64-1.70 / 1.56-1.67 |
+| zero-pad slices to multiples of 8 (`pad`) | 2.02 / 1.89 (worse) | 2.21-2.24 / 2.06-2.11 (worse) | 2.00-2.04 / 2.02-2.07 | 2.06-2.22 / 2.16-2.18 |
+| sum + pad in the DynamicModule (`dynsp`) | 2.22-2.28 / 2.04-2.08 | 2.93-3.08 / 2.77-2.83 | – | – |
+| separate per-stage TFLite models (`split`) | 1.81-1.84 / 1.60 | – | – | – |
+| tf.cond not lowered (`dynnl`) | – | 2.60-2.78 / 2.31-2.32 (path 1: -0.01 to -0.13) | 3.42-4.56 (much worse) | – |
+| variables frozen (`dynfz`, vs frozen thin) | – | 2.43-2.47 / 2.14-2.30 | 1.98-2.01 / 1.79-1.81 | 1.83-1.93 / 1.79-1.81 |
+| no BN folding (`unfold`, the old export) | – | 2.83-3.08 / 2.76-2.77 | 2.15-2.19 / 2.09-2.10 | 2.22 / 2.11-2.16 |
+| arch with channel_multiple=8 (`default_m8` / `rl_m8`, dyn) | 1.09-1.11 / 1.32-1.34 | 1.83 / 2.19 | 1.37 / – | 1.29 / 1.53 |
+| the same, no control flow (m8 `seq`) | 1.01-1.02 / 1.23-1.24 | 1.38 / 1.80 | 1.14 / 1.47 | 1.14 / 1.46 |
+
+(`frozen` rows are against thin nets frozen the same way: freezing cuts the absolute time by
+0.7-1.2 ms per call at batch 1, but the thin nets gain 0.4 ms, so the ratio barely moves.
+The m8 rows at SavedModel b1 and b16 come from one run each.)
+MobileNetV2 (TFLite b1, path 2 / 3, runs A-B): dyn 1.82-1.84 / 1.70-1.77, seq 1.46-1.50 /
+1.55-1.61, sum 1.35 / 1.48-1.58 (here the sums help a little more: -0.11-0.15 / -0.03-0.07),
+pad 1.56-1.59 / 1.67-1.70, split 2.13-2.18 / 2.09-2.16;
+SavedModel b1: dyn 1.82-1.97 / 1.95-2.13, seq 1.58-1.62 / 1.81-2.11, frozen dyn 1.69.
+
+What follows:
+
+- **Partial-conv sums** remove the concatenations but add one conv pass (and an ADD) per
+  earlier stage: in TFLite they win back most of the concat share (-0.03 to -0.11), in
+  SavedModel they lose (each extra conv costs its ~23 us); not worth a second realisation.
+- **Zero-padding** the same slices to multiples of 8 makes every path slower (+0.2-0.45):
+  the padded *input* channels are real work, and on this CPU the output tile is 16, so
+  padding outputs to 8 saves nothing. (On ARM NEON XNNPACK's f32 tiles are 8 wide; there
+  output padding to 8 would be free, input padding would still cost. Not measurable here.)
+- **An architecture in whole tiles** is what helps: `default_m8` (the default tokens with
+  `channel_multiple=8`) has path 2 at 1.09-1.11x in TFLite (goal met) and 1.14x in
+  SavedModel b16/b64 without control flow. Two things changed, and the second matters as
+  much as the first: its slices are whole multiples of 8 (16 at 8x8), and its stage 2 has
+  *no channels of its own in the 32x32 group*, so stage 2 skips that group's 7
+  convolutions and 7 concatenations altogether (35 convs on path 2 instead of 42). `rl_m8`
+  (slices of 8, but stage 2 present in every group) only gets to 1.32-1.34x. Its path 3 is
+  still 1.5-1.6x.
+- **Control flow**: in TFLite the IF's copies cost 0.08-0.17 (ResNet-20) and 0.38
+  (MobileNetV2) of a thin net; separate per-stage models chained by the caller cost more
+  (the same copies plus a call per stage). In SavedModel the lowered cond costs +0.3 on
+  *every* path including path 1; not lowering it is worse on paths 2-3 and far worse at
+  batch 16 (each functional If runs its branch as a function call with all its captures).
+
+### What cannot reach the goal, and why
+
+- **SavedModel batch 1 <= 1.3x** is out of reach for paths 2 and 3 with S2DNAS's structure
+  (every stage a full-depth copy of the network): TensorFlow's CPU runtime charges about
+  23 us per convolution whatever its size, and a path through stage s runs about s times the
+  thin net's convolutions (plus the concatenations). Even with no control flow and frozen
+  weights (`seqfz`), path 2 costs 1.7-2.0x; the best measured, `default_m8` without control
+  flow, 1.38x. Only fewer ops per path would do: stages that start later (no own channels
+  in the early groups, as `default_m8`'s stage 2), or a space with depth per stage.
+- **TFLite <= 1.15x** is reached only where the architecture cooperates (`default_m8` path
+  2); no realisation of the m = 1 archs gets below 1.4x (best: `sum`, 1.41-1.51), because
+  their convolutions waste most of XNNPACK's 16-wide output tiles. Path 3 of every arch
+  measured is at 1.4x or more (`rl_m8` seq 1.42).
+- **SavedModel batch 16-64 <= 1.15x**: only `default_m8` path 2 without control flow
+  (1.14x); with the cond and gather/scatter 1.29-1.37x.
+
+### Recommendation for the realisation (and what it will not fix)
+
+1. Keep the Concatenate realisation (partial-conv sums: +-0.1, worse in SavedModel) and do
+   not pad channels with zeros.
+2. SavedModel: freeze the weights into constants in the exported signatures (0.7-1.2 ms
+   less per call at batch 1 for the dynamic export, 0.4 ms for a static one); avoid the lowered cond at
+   batch 1, e.g. a `serving_stage1` signature (stage 1 + exit test, returning the boundary
+   tensors) and per-stage continuation signatures, so an image leaving at stage 1 runs no
+   dead nodes (bound: `seqfz` vs `dynfz`, -0.2 to -0.45 at batch 1). Keep folding BN.
+3. TFLite: keep IF (the per-stage-model alternative is slower); the IF copies are the
+   price of in-graph control flow in this runtime.
+4. The big lever is not the realisation but the architecture: make the search see latency.
+   On XNNPACK, conv time follows tile-rounded MACs (output channels rounded up to the
+   kernel's tile: 16 on this AVX-512 machine, 8 on NEON) almost exactly (per-op table:
+   "tile-16 MMACs"); on TensorFlow batch 1, the number of convolutions. A reward or
+   constraint on `sum over convs of H*W*k*k*C_in*ceil(C_out/tile)*tile` (TFLite) and on the
+   op count (SavedModel) would steer the search to slices in whole tiles and to stages
+   that skip early groups, which is what `default_m8` happens to be.
+
+### Surprises
+
+- Zero-padding to 8 is a loss everywhere on this machine, although thin nets of non-multiple
+  widths looked like they were "paid at the next multiple of 8" (README): the tile is 16 and
+  it is on the output side; input channels are paid linearly.
+- Stage 1 alone is as cheap as a thin net (`seq_1`: 0.93-1.02x) but through the
+  DynamicModule's SavedModel it costs 1.6-1.7x at batch 1: the lowered cond visits all of
+  stage 2's and 3's nodes, and the signature passes all stages' variables.
+- Freezing the variables saves 0.35 ms per call even for the static thin nets (46
+  variables): experiments/results/README.md's "freezing the weights into constants changed
+  nothing" does not hold for loaded signatures on this build.
+- A stage with no channels of its own in the first group skips those layers entirely: the
+  cheapest way to cut a path's op count within today's search space.
+- tf.cond left as a functional If (`_lower_using_switch_merge` off) is 2-4.5x slower at batch
+  16: every If runs its branch as a function call.
+"""
 
 
 def main(argv):
