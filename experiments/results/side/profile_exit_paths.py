@@ -1573,16 +1573,18 @@ their FLOPs.
 | tf.cond not lowered (`dynnl`) | – | 2.60-2.78 / 2.31-2.32 (path 1: -0.01 to -0.13) | 3.42-4.56 (much worse) | – |
 | variables frozen (`dynfz`, vs frozen thin) | – | 2.43-2.47 / 2.14-2.30 | 1.98-2.01 / 1.79-1.81 | 1.83-1.93 / 1.79-1.81 |
 | no BN folding (`unfold`, the old export) | – | 2.83-3.08 / 2.76-2.77 | 2.15-2.19 / 2.09-2.10 | 2.22 / 2.11-2.16 |
-| arch with channel_multiple=8 (`default_m8` / `rl_m8`, dyn) | 1.09-1.11 / 1.32-1.34 | 1.83 / 2.19 | 1.37 / – | 1.29 / 1.53 |
-| the same, no control flow (m8 `seq`) | 1.01-1.02 / 1.23-1.24 | 1.38 / 1.80 | 1.14 / 1.47 | 1.14 / 1.46 |
+| arch with channel_multiple=8 (`default_m8` / `rl_m8`, dyn) | 1.09-1.11 / 1.32-1.34 | 1.83-1.97 / 2.00-2.19 | 1.37 / – | 1.29 / 1.53 |
+| the same, no control flow (m8 `seq`) | 1.01-1.02 / 1.23-1.24 | 1.38-1.58 / 1.80-1.92 | 1.14 / 1.47 | 1.14 / 1.46 |
 
 (`frozen` rows are against thin nets frozen the same way: freezing cuts the absolute time by
 0.7-1.2 ms per call at batch 1, but the thin nets gain 0.4 ms, so the ratio barely moves.
-The m8 rows at SavedModel b1 and b16 come from one run each.)
+The m8 rows at SavedModel b16 come from one run, at b1 from runs B and C.)
 MobileNetV2 (TFLite b1, path 2 / 3, runs A-B): dyn 1.82-1.84 / 1.70-1.77, seq 1.46-1.50 /
 1.55-1.61, sum 1.35 / 1.48-1.58 (here the sums help a little more: -0.11-0.15 / -0.03-0.07),
 pad 1.56-1.59 / 1.67-1.70, split 2.13-2.18 / 2.09-2.16;
-SavedModel b1: dyn 1.82-1.97 / 1.95-2.13, seq 1.58-1.62 / 1.81-2.11, frozen dyn 1.69.
+SavedModel b1: dyn 1.82-1.97 / 1.95-2.13, seq 1.58-1.62 / 1.81-2.11, frozen dyn 1.69;
+SavedModel b16: dyn 1.50 / 1.51-1.54, seq 1.29-1.32 / 1.37, sum 1.30-1.34 / 1.38 (with
+its wider slices MobileNetV2 loses less than ResNet-20 at batch 16).
 
 What follows:
 
@@ -1614,7 +1616,7 @@ What follows:
   23 us per convolution whatever its size, and a path through stage s runs about s times the
   thin net's convolutions (plus the concatenations). Even with no control flow and frozen
   weights (`seqfz`), path 2 costs 1.7-2.0x; the best measured, `default_m8` without control
-  flow, 1.38x. Only fewer ops per path would do: stages that start later (no own channels
+  flow, 1.38-1.58x. Only fewer ops per path would do: stages that start later (no own channels
   in the early groups, as `default_m8`'s stage 2), or a space with depth per stage.
 - **TFLite <= 1.15x** is reached only where the architecture cooperates (`default_m8` path
   2); no realisation of the m = 1 archs gets below 1.4x (best: `sum`, 1.41-1.51), because
