@@ -128,6 +128,36 @@ def test_first_update_uses_batch_mean_as_baseline():
     assert controller.step == 2
 
 
+def test_normalized_rewards_make_updates_invariant_to_the_rewards_scale():
+    """Affine-rescaled rewards (accuracy vs. percent, a shifted cost) move the policy alike
+    with `normalize_rewards`; without it the step grows with the scale."""
+
+    def trained(scale, shift, normalize):
+        controller = Controller(KINDS, CHOICES, ControllerConfig(seed=3, normalize_rewards=normalize))
+        rng = np.random.default_rng(0)
+        for _ in range(3):
+            batch = [controller.sample(valid_choices)[0] for _ in range(4)]
+            rewards = [smooth_reward(t) + 0.01 * rng.standard_normal() for t in batch]
+            controller.update(batch, [scale * r + shift for r in rewards], valid_choices)
+        return controller
+
+    small, large = trained(1.0, 0.0, True), trained(100.0, 5.0, True)
+    for wa, wb in zip(_weights(small), _weights(large)):
+        np.testing.assert_allclose(wa, wb, rtol=1e-4, atol=1e-5)
+    assert large.reward_scale == pytest.approx(100 * small.reward_scale)
+    # The first update divides by the batch's own spread (RMS of the centred rewards).
+    first = Controller(KINDS, CHOICES, ControllerConfig(seed=3, normalize_rewards=True))
+    batch = [first.sample(valid_choices)[0] for _ in range(2)]
+    first.update(batch, [0.2, 0.6], valid_choices)
+    assert first.reward_scale == pytest.approx(0.2)
+    unscaled_small, unscaled_large = trained(1.0, 0.0, False), trained(100.0, 5.0, False)
+    moved_small = max(float(np.abs(a - b).max()) for a, b in zip(
+        _weights(unscaled_small), _weights(Controller(KINDS, CHOICES, ControllerConfig(seed=3)))))
+    moved_large = max(float(np.abs(a - b).max()) for a, b in zip(
+        _weights(unscaled_large), _weights(Controller(KINDS, CHOICES, ControllerConfig(seed=3)))))
+    assert moved_large > moved_small
+
+
 # --- masking and consistency ----------------------------------------------------------------
 
 
@@ -199,13 +229,14 @@ def test_construction_leaves_global_random_state_alone():
 
 
 def test_state_round_trip_continues_identically():
-    original = Controller(KINDS, CHOICES, ControllerConfig(seed=7))
+    original = Controller(KINDS, CHOICES, ControllerConfig(seed=7, normalize_rewards=True))
     _run(original, 2)
     state = json.loads(json.dumps(original.get_state()))  # JSON-serialisable
     # Another seed on purpose: the restored state, not the config's seed, drives what follows.
-    restored = Controller(KINDS, CHOICES, ControllerConfig(seed=99))
+    restored = Controller(KINDS, CHOICES, ControllerConfig(seed=99, normalize_rewards=True))
     restored.set_state(state)
     assert restored.step == original.step == 2 and restored.baseline == original.baseline
+    assert restored.reward_scale == original.reward_scale is not None
     assert _run(restored, 3) == _run(original, 3)
     for wa, wb in zip(_weights(original), _weights(restored)):
         np.testing.assert_array_equal(wa, wb)
