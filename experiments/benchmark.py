@@ -469,6 +469,7 @@ def main(argv):
         return cli_common.usage_error(
             f"--methods accepts {', '.join(_methods())}. Received: {', '.join(unknown)}"
         )
+    cli_common.start_tensorflow(None)
     out = FLAGS.output_dir
     os.makedirs(out, exist_ok=True)
     start = time.time()

@@ -266,16 +266,33 @@ def resolved_flags() -> dict:
     return {name: FLAGS[name].value for name in sorted(names)}
 
 
-def configure_logical_cpus(count) -> None:
-    """Splits the physical CPU into `count` logical devices; must run before TF starts."""
-    if not count:
-        return
-    import tensorflow as tf
+def start_tensorflow(count) -> None:
+    """Starts TensorFlow, its CPU split into `count` logical devices (none: as it is).
 
-    cpus = tf.config.list_physical_devices("CPU")
-    tf.config.set_logical_device_configuration(
-        cpus[0], [tf.config.LogicalDeviceConfiguration()] * count
-    )
+    Call it first in a `main`, before anything imports TensorFlow. The native start-up lines
+    (oneDNN, CUDA probing, absl's "before InitializeLog" notice) are written by C++ code
+    before TF_CPP_MIN_LOG_LEVEL applies; file descriptor 2 goes to /dev/null while TensorFlow
+    loads and its runtime starts, so a default run's terminal shows the run's own output.
+    Python exceptions are not lost: they propagate once the descriptor is restored.
+    """
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    sys.stderr.flush()
+    os.dup2(null, 2)
+    try:
+        import tensorflow as tf
+
+        if count:
+            cpus = tf.config.list_physical_devices("CPU")
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration()] * count
+            )
+        tf.config.list_logical_devices()  # starts the runtime (and its CUDA probe) now
+        # TensorFlow's Python INFO lines (SavedModel writing, signature renames) too.
+        tf.get_logger().setLevel("WARNING")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
 
 # --- Configs from flag values (a dict, name -> value: FLAGS.flag_values_dict(), a
@@ -457,4 +474,5 @@ def call(step, config, *, settings=None, prog=None) -> int:
 def call_and_exit(kind: str, config, settings, prog: str) -> None:
     """A child process's whole work (benchmark.py's steps): run step `kind`, exit with its
     status."""
+    start_tensorflow(None)  # TensorFlow starts quietly here too
     sys.exit(call(run_step(kind), config, settings=settings, prog=prog))

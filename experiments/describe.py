@@ -25,6 +25,7 @@ flags.DEFINE_integer("num_classes", 10, "Classes, for reference models.")
 
 def main(argv):
     del argv
+    cli_common.start_tensorflow(None)
     import keras
     import numpy as np
 

@@ -30,7 +30,7 @@ flags.mark_flag_as_required("output_dir")
 
 def main(argv):
     del argv
-    cli_common.configure_logical_cpus(FLAGS.logical_cpus)
+    cli_common.start_tensorflow(FLAGS.logical_cpus)
     from s2dnas_tf import runs
 
     config = cli_common.search_config(FLAGS.flag_values_dict())

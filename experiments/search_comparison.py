@@ -57,7 +57,7 @@ def kendall_tau(a, b) -> float:
 
 def main(argv):
     del argv
-    cli_common.configure_logical_cpus(FLAGS.logical_cpus)
+    cli_common.start_tensorflow(FLAGS.logical_cpus)
     import keras
     import numpy as np
 

@@ -29,7 +29,7 @@ flags.mark_flags_as_required(["base_model", "output_dir"])
 
 def main(argv):
     del argv
-    cli_common.configure_logical_cpus(FLAGS.logical_cpus)
+    cli_common.start_tensorflow(FLAGS.logical_cpus)
     from s2dnas_tf import runs
 
     try:

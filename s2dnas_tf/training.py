@@ -416,6 +416,7 @@ def train(
             steps_per_epoch=steps if config.steps_per_epoch else None,
             callbacks=callbacks,
             verbose=config.verbose,
+            shuffle=False,  # train_ds shuffles itself (Keras would warn and ignore it)
         )
     finally:
         if model is not net:  # give the caller's teacher back as it came

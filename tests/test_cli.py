@@ -27,6 +27,9 @@ def test_describe_prints_space_and_stage_flops():
     assert "419,904 architectures" in result.stdout
     assert "stage 3: cumulative" in result.stdout
     assert "max abs logit difference 0.00e+00" in result.stdout
+    # TensorFlow's native start-up lines (oneDNN, CUDA probing, absl) stay off the terminal.
+    for line in ("oneDNN", "cuda", "InitializeLog", "cpu_feature_guard"):
+        assert line not in result.stderr, result.stderr
 
 
 def test_describe_with_a_channel_multiple():

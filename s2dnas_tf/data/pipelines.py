@@ -11,6 +11,23 @@ import tensorflow as tf
 from s2dnas_tf.data.augment import cifar_augmenter
 from s2dnas_tf.data.config import is_int
 
+try:  # TensorFlow has a public setter of op determinism but no public getter
+    from tensorflow.python.framework.config import (
+        is_op_determinism_enabled as _op_determinism_enabled,
+    )
+except ImportError:  # pragma: no cover - a TensorFlow without it
+
+    def _op_determinism_enabled() -> bool:
+        return False
+
+
+def parallel_calls():
+    """`num_parallel_calls` for a map: AUTOTUNE, or None (sequential) under TensorFlow's op
+    determinism (a search's). tf.data would rewrite a parallel map into a sequential one then
+    anyway, logging an error line per dataset (TF 2.21: "NodeDef mentions attribute
+    use_unbounded_threadpool ..."); mapping sequentially ourselves computes the same."""
+    return None if _op_determinism_enabled() else tf.data.AUTOTUNE
+
 
 def make_dataset(
     x: np.ndarray,
@@ -77,6 +94,7 @@ def make_dataset(
         raise ValueError(f"Expected `seed` to be an integer. Received: seed={seed!r}")
     images = tf.constant(x)
     labels = tf.constant(y.astype(np.int32))
+    parallel = parallel_calls()
     order = tf.data.Dataset.range(len(x))
     if training:
         order = order.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
@@ -86,7 +104,7 @@ def make_dataset(
             tf.cast(tf.gather(images, idx), tf.float32),
             tf.gather(labels, idx),
         ),
-        num_parallel_calls=tf.data.AUTOTUNE,
+        num_parallel_calls=parallel,
     )
     if augment:
         # One seed pair per batch, a different stream every epoch (iteration).
@@ -96,7 +114,7 @@ def make_dataset(
         augment_batch = cifar_augmenter(height=x.shape[1], width=x.shape[2])
         ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
             lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE,
+            num_parallel_calls=parallel,
         )
     return ds.prefetch(tf.data.AUTOTUNE)
 
