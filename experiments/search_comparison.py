@@ -42,19 +42,6 @@ flags.DEFINE_string("results_name", "search_cifar10_resnet20", "Results file nam
 flags.mark_flag_as_required("output_dir")
 
 
-def kendall_tau(a, b) -> float:
-    """Kendall's tau-b of two equally long sequences."""
-    import numpy as np
-
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    i, j = np.triu_indices(len(a), 1)
-    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
-    concordant = float(np.sum(da * db))
-    ties_a, ties_b = float(np.sum(da == 0)), float(np.sum(db == 0))
-    pairs = float(len(i))
-    return concordant / max(1e-12, ((pairs - ties_a) * (pairs - ties_b)) ** 0.5)
-
-
 def main(argv):
     del argv
     cli_common.start_tensorflow(FLAGS.logical_cpus)
@@ -137,7 +124,7 @@ def main(argv):
             ranking["archs"].append({"tokens": item["tokens"],
                                      "supernet_score": scored["reward"],
                                      "trained_accuracy": item["trained_accuracy"]})
-        ranking["kendall_tau"] = kendall_tau(
+        ranking["kendall_tau"] = search.kendall_tau(
             [a["supernet_score"] for a in ranking["archs"]],
             [a["trained_accuracy"] for a in ranking["archs"]],
         )

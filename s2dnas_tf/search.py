@@ -78,6 +78,27 @@ class RewardConfig:
             )
 
 
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """Kendall's tau-b of two equally long sequences (how alike they rank; ties allowed),
+    e.g. candidates' search rewards against their accuracies after full training.
+
+    Raises:
+        ValueError: For sequences of other lengths or shorter than 2.
+    """
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(
+            f"Expected two sequences of the same length >= 2. Received: lengths {a.shape}, "
+            f"{b.shape}"
+        )
+    i, j = np.triu_indices(len(a), 1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    concordant = float(np.sum(da * db))
+    pairs = float(len(i))
+    untied_a, untied_b = pairs - float(np.sum(da == 0)), pairs - float(np.sum(db == 0))
+    return concordant / max(1e-12, (untied_a * untied_b) ** 0.5)
+
+
 def compute_reward(
     val_probs: np.ndarray,
     val_labels: np.ndarray,

@@ -1,0 +1,115 @@
+"""experiments/search_ranking.py and `search.kendall_tau`: the supernet's ranking checked
+against architectures trained in full."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from s2dnas_tf import data, search
+from s2dnas_tf.models import build_model, with_input_normalization
+from s2dnas_tf.space import SearchSpace
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BASE = ROOT / "experiments" / "checkpoints" / "cifar10_resnet20.keras"
+
+
+def _run(*args):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "search_ranking.py"), *args],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+
+
+def test_kendall_tau_against_hand_counts():
+    assert search.kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert search.kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    # 6 pairs: 5 concordant, 1 discordant -> (5 - 1) / 6.
+    assert search.kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+    # With ties (tau-b): scipy.stats.kendalltau's documented example.
+    assert search.kendall_tau([12, 2, 1, 12, 2], [1, 4, 7, 1, 0]) == pytest.approx(
+        -0.47140452079103173
+    )
+    with pytest.raises(ValueError, match="same length"):
+        search.kendall_tau([1, 2], [1, 2, 3])
+
+
+def _write_log(path, records):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+        f.write('{"torn": ')  # a killed search's last line
+
+
+def test_bad_search_dir_exits_2(tmp_path):
+    result = _run(f"--base_model={BASE}", f"--search_dir={tmp_path / 'none'}",
+                  f"--output_dir={tmp_path / 'out'}")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "is not a directory" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "out").exists()
+
+
+def test_too_few_architectures_within_the_budget_exit_2(tmp_path):
+    _write_log(tmp_path / "search" / "rl_seed0" / "search_log.jsonl", [
+        {"tokens": [0, 1], "reward": 0.5, "budget_met": True},
+        {"tokens": [1, 1], "reward": 0.9, "budget_met": False},
+    ])
+    result = _run(f"--base_model={BASE}", f"--search_dir={tmp_path / 'search'}",
+                  f"--output_dir={tmp_path / 'out'}", "--num_archs=2")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "the search logs hold 1." in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_trains_the_spread_and_writes_the_ranking(tmp_path):
+    splits = data.load_dataset(data.DataConfig(name="digits"))
+    mean, variance = splits.channel_stats()
+    base = with_input_normalization(
+        build_model("resnet8", input_shape=splits.image_shape, width_multiplier=0.5),
+        mean, variance,
+    )
+    base.save(tmp_path / "base.keras")
+    space = SearchSpace.from_model(base, num_stages=2)
+    tokens = []
+    for seed in range(20):
+        t = space.sample(seed).tokens
+        if t not in tokens:
+            tokens.append(t)
+    rewards = np.linspace(0.2, 0.8, 5)
+    # Two searches (read in name order); the second log repeats an architecture (its first
+    # record counts) and holds one over the budget (never picked).
+    _write_log(tmp_path / "search" / "random_seed0" / "search_log.jsonl", [
+        {"tokens": tokens[i], "reward": float(rewards[i]), "budget_met": True}
+        for i in (0, 2, 4)])
+    _write_log(tmp_path / "search" / "rl_seed0" / "search_log.jsonl", [
+        {"tokens": tokens[1], "reward": float(rewards[1]), "budget_met": True},
+        {"tokens": tokens[0], "reward": 0.99, "budget_met": True},
+        {"tokens": tokens[5], "reward": 1.0, "budget_met": False},
+    ])
+    out = tmp_path / "ranking"
+    result = _run(f"--base_model={tmp_path / 'base.keras'}", f"--search_dir={tmp_path / 'search'}",
+                  f"--output_dir={out}", "--num_stages=2", "--num_archs=3", "--epochs=1",
+                  "--steps_per_epoch=2", "--batch_size=32", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trained = json.loads((out / "trained_archs.json").read_text())
+    # Evenly spaced over [0.2, 0.8]: the lowest, the middle and the highest.
+    assert [t["tokens"] for t in trained] == [tokens[0], tokens[2], tokens[4]]
+    assert [t["supernet_score"] for t in trained] == pytest.approx([0.2, 0.5, 0.8])
+    for k, t in enumerate(trained):
+        report = json.loads((out / f"arch{k}" / "report.json").read_text())
+        assert t["trained_accuracy"] == report["dynamic"]["accuracy"]
+        assert json.loads((out / f"arch{k}" / "arch.json").read_text())["tokens"] == t["tokens"]
+    assert "Kendall tau" in result.stdout
+    # Started again: the finished trainings are read back, not redone.
+    again = _run(f"--base_model={tmp_path / 'base.keras'}", f"--search_dir={tmp_path / 'search'}",
+                 f"--output_dir={out}", "--num_stages=2", "--num_archs=3", "--epochs=1",
+                 "--steps_per_epoch=2", "--batch_size=32", "--verbose=0")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "trained_archs.json").read_text()) == trained
