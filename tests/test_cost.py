@@ -1,0 +1,103 @@
+"""Exit-path costs (`s2dnas_tf.cost`): FLOPs, and TFLite op times measured once and looked up.
+
+No speed is asserted: the tests check what is measured, what is looked up instead, what is
+free, and how the per-op times add up to exit paths."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import s2dnas_tf as s2d
+from s2dnas_tf import cost, rewriter
+from s2dnas_tf import graph as graph_lib
+from s2dnas_tf.flops import count_flops
+
+
+def _tiny(seed=0):
+    keras.utils.set_random_seed(seed)
+    images = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, name="stem")(images)
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.ReLU(name="stem_relu")(x)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="conv")(x)
+    y = keras.layers.ReLU(name="conv_relu")(y)
+    x = keras.layers.Add(name="add")([x, y])
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(images, keras.layers.Dense(4, name="logits")(x), name="tiny")
+
+
+def _table(tmp_path):
+    return cost.OpTimeTable(path=str(tmp_path / "ops.json"), repeats=5, warmup=1)
+
+
+def test_op_signature_ignores_names_and_initialisers_not_shapes_or_config():
+    a = keras.layers.Conv2D(8, 3, name="a", kernel_initializer="zeros")
+    b = keras.layers.Conv2D(8, 3, name="b")
+    assert cost.op_signature(a, [(8, 8, 3)]) == cost.op_signature(b, [(8, 8, 3)])
+    assert cost.op_signature(a, [(8, 8, 3)]) != cost.op_signature(a, [(16, 16, 3)])
+    assert cost.op_signature(a, [(8, 8, 3)]) != cost.op_signature(
+        keras.layers.Conv2D(16, 3), [(8, 8, 3)])
+    assert json.loads(cost.op_signature(a, [(8, 8, 3)]))["class"] == "Conv2D"
+
+
+def test_each_op_is_measured_once_then_read_from_the_cache(tmp_path):
+    table = _table(tmp_path)
+    first = table.op_ms(keras.layers.Conv2D(8, 3, name="one"), [(8, 8, 3)])
+    assert table.measured == 1 and first >= 0.0
+    # Another layer of the same configuration and shapes: looked up, not measured.
+    assert table.op_ms(keras.layers.Conv2D(8, 3, name="two"), [(8, 8, 3)]) == first
+    assert table.measured == 1
+    table.op_ms(keras.layers.Conv2D(8, 3), [(16, 16, 3)])
+    assert table.measured == 2
+    table.save()
+    again = _table(tmp_path)
+    assert again.op_ms(keras.layers.Conv2D(8, 3), [(8, 8, 3)]) == first
+    assert again.measured == 0 and again.invoke_ms == table.invoke_ms
+    # Another thread count is another machine set-up: its cache starts empty.
+    other = cost.OpTimeTable(path=str(tmp_path / "ops.json"), threads=2, repeats=5, warmup=1)
+    assert other.ops == {}
+
+
+def test_tflite_paths_add_the_stages_op_times_once_each(tmp_path):
+    model = _tiny()
+    net = s2d.transform(model, s2d.SearchSpace.from_model(model, num_stages=2).default_arch())
+    table = _table(tmp_path)
+    paths = cost.exit_path_costs(net, "tflite", table)
+    assert len(paths) == 2 and table.invoke_ms <= paths[0] <= paths[1]
+    measured = table.measured
+    # The folded net's ops: folded BatchNorms are gone; ReLUs after a conv or an addition
+    # are fused; everything else was measured once per distinct signature.
+    assert 0 < measured <= len(net.layers)
+    assert cost.exit_path_costs(net, "tflite", table) == paths
+    assert table.measured == measured
+    # The static model: one path, the same table.
+    assert cost.static_cost(model, "tflite", table) > table.invoke_ms
+
+
+def test_fused_and_free_layers_cost_nothing(tmp_path):
+    table = _table(tmp_path)
+    graph = graph_lib.trace(cost.fold_batchnorm(_tiny()))
+    times = {node.name: ms for node, ms in zip(
+        graph.nodes, cost._tflite_node_ms(graph, table).values())}
+    assert "stem_bn" not in times  # folded into the stem's kernel
+    assert times["stem_relu"] == 0.0 and times["conv_relu"] == 0.0
+    # Fused means never timed (a ReLU alone can time as ~0 after the invoke time anyway).
+    timed = {json.loads(key)["class"] for key in table.ops if key != "__invoke__"}
+    assert timed == {"Conv2D", "Add", "GlobalAveragePooling2D", "Dense"}, timed
+
+
+def test_flops_paths_are_the_stage_flops():
+    model = _tiny()
+    net = s2d.transform(model, s2d.SearchSpace.from_model(model, num_stages=2).default_arch())
+    assert cost.exit_path_costs(net) == [float(f) for f in rewriter.stage_flops(net)]
+    assert cost.static_cost(model) == float(count_flops(model))
+
+
+def test_unknown_cost_and_bad_table_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="cost must be one of"):
+        cost.exit_path_costs(_tiny(), "gpu")
+    with pytest.raises(ValueError, match="threads and repeats must be >= 1"):
+        cost.OpTimeTable(path=str(tmp_path / "x.json"), threads=0)
+    assert np.isfinite(cost.static_cost(_tiny()))
