@@ -6,7 +6,12 @@ channel-wise op or an elementwise merge joins them. Units come in three kinds:
 - *free*: produced by a channel-mixing layer (Conv2D, Dense, ...). The architecture decides
   how its channels are partitioned among the stages.
 - *derived*: produced by a Concatenate, a Flatten, or a depthwise/grouped conv that changes the
-  channel count. Its per-stage channels follow from its inputs' and are never chosen.
+  channel count. Its per-stage channels follow from its inputs' and are never chosen. When an
+  elementwise join (Add, Multiply, ...) ties a channel-mixing layer's output to a derived
+  tensor (a squeeze-excite gate on a concatenation, NASNet's cells, Inception-ResNet's
+  residuals), the unit stays derived and the mixing layer *follows* its layout: stage s's
+  output channels of that layer are the channels stage s holds in the derived tensor
+  (`follows`, `layout_sources`).
 - *shared*: computed from the input image before any channel-mixing layer (the image itself,
   `Rescaling`, `Normalization`, padding): computed once and visible to every stage.
 
@@ -81,6 +86,9 @@ class Analysis:
         self._free: set[int] = set()
         self._derived: set[int] = set()
         self._quantum: dict[int, int] = {}
+        self._marked_free: list[int] = []  # keys, in marking order
+        self._marked_derived: list[int] = []
+        self._follower_keys: set[int] = set()
         self.shared: set[int] = set(graph.inputs)
         self.classifier: graph_lib.OpNode | None = None
         self.tail: list[graph_lib.OpNode] = []  # a trailing softmax, dropped by the rewriter
@@ -120,33 +128,21 @@ class Analysis:
                 marks.add(ra)
         qa, qb = self._quantum.pop(ra, 1), self._quantum.pop(rb, 1)
         self._quantum[ra] = max(qa, qb)
-        if ra in self._free and ra in self._derived:
-            raise ValueError(
-                f"Layer {node.name!r} ({type(node.layer).__name__}) joins the output of a "
-                "channel-mixing layer with a concatenation, flatten or channel-multiplying "
-                "conv output. Their channels cannot be split consistently; this pattern is "
-                "not supported."
-            )
 
     def mark_free(self, key: int) -> None:
+        """`key` is a channel-mixing layer's output: a new unit the architecture splits
+        (unless a join ties it to a derived tensor: then it follows that layout)."""
         self._free.add(self.find(key))
-        self._check_kinds(key)
+        self._marked_free.append(key)
 
     def mark_derived(self, key: int) -> None:
+        """`key`'s per-stage channels follow from its producer's inputs (Concatenate, ...)."""
         self._derived.add(self.find(key))
-        self._check_kinds(key)
+        self._marked_derived.append(key)
 
     def require_quantum(self, key: int, quantum: int) -> None:
         root = self.find(key)
         self._quantum[root] = max(self._quantum.get(root, 1), quantum)
-
-    def _check_kinds(self, key):
-        root = self.find(key)
-        if root in self._free and root in self._derived:
-            raise ValueError(
-                "A tensor is both produced by a channel-mixing layer and derived from a "
-                "concatenation; this pattern is not supported."
-            )
 
     # --- queries used by transform -------------------------------------------------------
 
@@ -156,6 +152,23 @@ class Analysis:
     def unit_of(self, key: int) -> Unit | None:
         """The free unit a tensor belongs to, or None (shared or derived tensors)."""
         return self._unit_of_root.get(self.find(key))
+
+    def follows(self, key: int) -> bool:
+        """Whether `key` is a channel-mixing layer's output whose unit is derived: its
+        per-stage channels are those of the unit's `layout_sources`, not an arch choice."""
+        root = self.find(key)
+        return key in self._follower_keys and root in self._derived
+
+    def layout_sources(self, key: int) -> list[int]:
+        """The derived tensors (Concatenate, spatial Flatten, channel-multiplying conv
+        outputs) in `key`'s unit, in marking (topological) order: where a following
+        layer's per-stage channels come from."""
+        root = self.find(key)
+        return [k for k in self._marked_derived if self.find(k) == root]
+
+    def following_keys(self) -> list[int]:
+        """Every channel-mixing output that follows a derived layout (see `follows`)."""
+        return [k for k in self._marked_free if self.follows(k)]
 
     def group_of_tensor(self, key: int) -> int:
         return self._group_of_tensor[key]
@@ -206,6 +219,7 @@ class Analysis:
                     "s2dnas_tf cannot give each stage its own slice of such a join."
                 )
             rule.analyse(node, self)
+        self._follower_keys = set(self._marked_free)
         self._build_units()
         return self
 
@@ -256,8 +270,8 @@ class Analysis:
         group_of_res: dict = {}
         current = None
         for root, keys in sorted(by_root.items(), key=lambda kv: kv[1][0]):
-            if root not in self._free:
-                continue
+            if root not in self._free or root in self._derived:
+                continue  # derived units, and those mixing outputs follow (`follows`)
             first = tensors[keys[0]]
             res = nominal[first.key] if first.rank == 4 else None
             if res is None or first.rank != 4:

@@ -11,6 +11,8 @@ same class and config, whose weights are slices of the original's.
 
 from __future__ import annotations
 
+import heapq
+
 import keras
 import numpy as np
 
@@ -54,6 +56,12 @@ class _Context:
         by_index = space.unit_bounds(arch)
         self._bounds = {unit.root: by_index[unit.index] for unit in analysis.units}
         self._tail = {n.index for n in analysis.tail}
+        # Mixing outputs that follow a derived layout (analysis.follows) copy the per-stage
+        # channels of one derived tensor of their unit (`_follow_order` picks it and walks
+        # it first), recorded as the walk produces it (`record`).
+        self.order, self._layout_key = _follow_order(analysis)
+        self._layout_sources = set(self._layout_key.values())
+        self._layouts: dict[int, list] = {}
 
     def unit_bounds(self, unit: analysis_lib.Unit) -> list[int]:
         return self._bounds[unit.root]
@@ -61,9 +69,24 @@ class _Context:
     def allocated(self, key: int, stage: int) -> np.ndarray:
         unit = self.analysis.unit_of(key)
         if unit is None:
-            raise AssertionError(f"internal: tensor {key} is not in a free unit")
+            source = self._layout_key.get(key)
+            if source is None or source not in self._layouts:
+                raise AssertionError(f"internal: tensor {key} is not in a free unit")
+            held = self._layouts[source][stage - 1]
+            return np.zeros([0], np.int64) if held is None else np.asarray(held)
         bounds = self._bounds[unit.root]
         return np.arange(bounds[stage - 1], bounds[stage])
+
+    def record(self, node, outputs: list) -> list:
+        """Keeps the per-stage channels of the derived tensors that following mixing
+        layers copy (see `allocated`); returns `outputs`."""
+        for key, value in zip(node.outputs, outputs):
+            if key in self._layout_sources and not isinstance(value, rules_lib.Shared):
+                self._layouts[key] = [
+                    None if v is None else (v.idx if isinstance(v, rules_lib.Piece) else v)
+                    for v in value
+                ]
+        return outputs
 
     def visible_stages(self, node, stage: int) -> list[int]:
         if stage == 1:
@@ -81,6 +104,85 @@ class _Context:
     def name(self, node, stage: int, suffix: str = "") -> str:
         return conventions.stage_layer_name(stage, node.name, suffix)
 
+
+
+def _follow_order(analysis: analysis_lib.Analysis) -> tuple[list, dict[int, int]]:
+    """The order `transform` and `plan` walk the graph in, and each following mixing
+    output's layout source (`Analysis.follows`): a derived tensor of its unit that does
+    not depend on any of the unit's following layers, walked before them. Without
+    following layers: the graph's own order.
+
+    Raises:
+        ValueError: If every derived tensor of such a unit is computed from a layer that
+            must follow it (the layout would depend on itself).
+    """
+    graph = analysis.graph
+    followers = analysis.following_keys()
+    if not followers:
+        return list(graph.nodes), {}
+    ancestors: dict[int, int] = {}  # node index -> bitmask of the nodes it depends on
+    for node in graph.nodes:
+        mask = 0
+        for key in node.inputs:
+            p = graph.tensors[key].producer
+            if p is not None:
+                mask |= (1 << p) | ancestors[p]
+        ancestors[node.index] = mask
+    by_root: dict[int, list[int]] = {}
+    for key in followers:
+        by_root.setdefault(analysis.find(key), []).append(key)
+    source_of: dict[int, int] = {}
+    after: dict[int, set[int]] = {}  # node index -> node indices it must wait for
+    for keys in by_root.values():
+        producers = [graph.tensors[k].producer for k in keys]
+        follow_mask = sum(1 << p for p in set(producers))
+        sources = [
+            k
+            for k in analysis.layout_sources(keys[0])
+            if not (ancestors[graph.tensors[k].producer] | (1 << graph.tensors[k].producer))
+            & follow_mask
+        ]
+        if not sources:
+            names = ", ".join(repr(graph.nodes[p].name) for p in producers)
+            derived = ", ".join(
+                repr(graph.nodes[graph.tensors[k].producer].name)
+                for k in analysis.layout_sources(keys[0])
+            )
+            raise ValueError(
+                f"Model {graph.model_name!r}: the outputs of {names} are joined elementwise "
+                f"with the output of {derived} (a concatenation, flatten or "
+                "channel-multiplying conv), so their channels must follow its layout, but "
+                "it is computed from them; this pattern cannot be split into stages."
+            )
+        source = sources[0]
+        for key, p in zip(keys, producers):
+            source_of[key] = source
+            after.setdefault(p, set()).add(graph.tensors[source].producer)
+    # Kahn's algorithm, smallest index first: the graph's order where it is free to be.
+    waiting = {}
+    readers: dict[int, list[int]] = {}
+    for node in graph.nodes:
+        deps = {graph.tensors[k].producer for k in node.inputs} - {None}
+        deps |= after.get(node.index, set())
+        waiting[node.index] = len(deps)
+        for d in deps:
+            readers.setdefault(d, []).append(node.index)
+    ready = [i for i, n in waiting.items() if n == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(graph.nodes[i])
+        for r in readers.get(i, []):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                heapq.heappush(ready, r)
+    if len(order) != len(graph.nodes):
+        raise ValueError(
+            f"Model {graph.model_name!r}: layers whose channels follow concatenations feed "
+            "each other's concatenations in a cycle; this pattern cannot be split into stages."
+        )
+    return order, source_of
 
 
 class _Builder(_Context):
@@ -111,13 +213,15 @@ class _Builder(_Context):
             ]
         if all(isinstance(v, rules_lib.Shared) for v in inputs) and rule.kind != "mixing":
             return [rules_lib.Shared(rule.build_shared(node, [v.tensor for v in inputs], self))]
-        return rule.build(node, inputs, self)
+        return self.record(node, rule.build(node, inputs, self))
 
     def build(self) -> keras.Model:
         graph = self.graph
         (in_key,) = graph.inputs
         images = keras.Input(shape=graph.tensors[in_key].shape[1:], name="images")
-        values = graph_lib.rebuild(graph, self.step, {in_key: rules_lib.Shared(images)})
+        values = graph_lib.rebuild(
+            graph, self.step, {in_key: rules_lib.Shared(images)}, nodes=self.order
+        )
         heads = values[graph.outputs[0]]
         if not isinstance(heads, list) or any(h is None for h in heads):
             raise AssertionError("internal: a stage has no classifier input")
@@ -141,7 +245,7 @@ class _Planner(_Context):
             return [inputs[0]]  # per-stage heads, softmax dropped: all classes each
         if all(isinstance(v, rules_lib.Shared) for v in inputs) and rule.kind != "mixing":
             return [rules_lib.Shared(None) for _ in node.outputs]
-        return rule.plan(node, inputs, self)
+        return self.record(node, rule.plan(node, inputs, self))
 
 
 class ArchPlan:
@@ -163,7 +267,10 @@ class ArchPlan:
         self.num_stages = arch.num_stages
         (in_key,) = self.graph.inputs
         self.values = graph_lib.rebuild(
-            self.graph, self._planner.step, {in_key: rules_lib.Shared(None)}
+            self.graph,
+            self._planner.step,
+            {in_key: rules_lib.Shared(None)},
+            nodes=self._planner.order,
         )
 
     def is_shared(self, key: int) -> bool:

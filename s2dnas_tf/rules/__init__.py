@@ -5,7 +5,8 @@ A rule answers three questions for one layer type:
 - `check`: is this particular layer's configuration supported? (raise
   `UnsupportedLayerError` naming the layer and what is accepted);
 - `analyse`: which of its tensors share a channel partition (`Analysis.union`), which start a
-  new free unit (`mark_free`), which are derived from their inputs (`mark_derived`);
+  new free unit (`mark_free`), which are derived from their inputs (`mark_derived`); a
+  mixing output joined to a derived tensor follows the derived layout (`Analysis.follows`);
 - `build`: given the per-stage slices of its inputs, build the per-stage layers with
   inherited (sliced) weights and return the per-stage slices of its output.
 
@@ -36,9 +37,15 @@ from s2dnas_tf.rules.channelwise import (
     ChannelwiseRule,
     FlattenRule,
     GroupedConvRule,
+    ProjectionDimRule,
     ReshapeRule,
 )
-from s2dnas_tf.rules.merges import ConcatenateRule, ElementwiseOpRule, MergeRule
+from s2dnas_tf.rules.merges import (
+    ConcatenateRule,
+    ElementwiseOpRule,
+    MergeRule,
+    ScaledResidualRule,
+)
 from s2dnas_tf.rules.mixing import Conv2DRule, MixingRule, SeparableConvRule
 
 __all__ = [
@@ -55,7 +62,9 @@ __all__ = [
     "MergeRule",
     "MixingRule",
     "Piece",
+    "ProjectionDimRule",
     "ReshapeRule",
+    "ScaledResidualRule",
     "SeparableConvRule",
     "Shared",
     "UnsupportedLayerError",

@@ -44,7 +44,9 @@ class BuildContext(Protocol):
         """Stages (1-based) whose slices stage `stage` reads in channel-mixing `node`."""
 
     def allocated(self, key: int, stage: int) -> np.ndarray:
-        """Original channel indices of tensor `key` allocated to `stage` (a free unit)."""
+        """Original channel indices of tensor `key` allocated to `stage`: its slice of a
+        free unit, or, for a mixing output that follows a derived layout
+        (`Analysis.follows`), the channels stage `stage` holds in that derived tensor."""
 
     def clone(self, layer, name: str, **config) -> keras.layers.Layer:
         """A new layer of `layer`'s class and config, renamed, with `config` overrides."""

@@ -65,7 +65,22 @@ class ChannelwiseRule(LayerRule):
 
 
 class AxisChannelwiseRule(ChannelwiseRule):
-    """BatchNormalization / LayerNormalization: only over the last (channel) axis."""
+    """BatchNormalization / LayerNormalization: only over the last (channel) axis.
+
+    LayerNormalization over channels is not channel-wise in the original: its mean and
+    variance run over all C channels. Split into stages, each stage's slice is normalised
+    over the channels that slice holds (its own channels at that tensor, the ones a
+    channel-wise layer of that stage sees), with the slice's gamma and beta. Why: a stage
+    is a narrower network of its own channels, and this is the LayerNorm such a narrower
+    network has; it needs no channel of another stage, so a stage never waits for a later
+    one and, before its concat position, not for an earlier one either (block-diagonal,
+    as for every other layer), and the stage's values stay one slice per tensor. With
+    S = 1 it is the original layer exactly; with S > 1 the statistics differ from the
+    original's (as every activation does), which fine-tuning absorbs. Normalising over
+    stages 1..s instead would give an earlier stage's slice a different value for every
+    later stage reading it. A slice of one channel normalises to its beta. The
+    weight-sharing supernet computes all stages in one tensor and refuses LayerNorm.
+    """
 
     def check(self, node, graph):
         super().check(node, graph)
@@ -206,6 +221,15 @@ class GroupedConvRule(ChannelwiseRule):
         return [out]
 
 
+class ProjectionDimRule(ChannelwiseRule):
+    """A per-channel layer whose config names its channel count `projection_dim` and whose
+    weights have it as last axis: keras.applications ConvNeXt's `LayerScale`
+    (x * gamma). Each stage's copy gets its slice's count and gamma entries."""
+
+    def layer_config(self, node, ctx, idx):
+        return {**super().layer_config(node, ctx, idx), "projection_dim": len(idx)}
+
+
 GROUPED_CONV_RULE = GroupedConvRule()
 
 L = keras.layers
@@ -232,3 +256,10 @@ register_rule(L.Rescaling, L.Normalization)(_config_sliced)
 register_rule(L.Reshape)(ReshapeRule())
 register_rule(L.Flatten)(FlattenRule())
 del L
+
+try:  # keras.applications' own layer classes are not exported; keyed by their private path.
+    from keras.src.applications.convnext import LayerScale as _LayerScale
+except ImportError:  # pragma: no cover - another Keras layout: ConvNeXt is then refused
+    _LayerScale = None
+if _LayerScale is not None:
+    register_rule(_LayerScale)(ProjectionDimRule())

@@ -78,6 +78,51 @@ class MergeRule(_JoinRule):
         return [out]
 
 
+class ScaledResidualRule(_JoinRule):
+    """`inputs[0] + inputs[1] * scale` with a constant `scale` in the layer's config:
+    keras.applications Inception-ResNet's `CustomScaleLayer`. Per stage like an Add: both
+    inputs -> a copy of the layer; only the first -> it passes through; only the second ->
+    a `Rescaling(scale)` of it."""
+
+    def analyse(self, node, ana):
+        for key in node.inputs:
+            ana.union(node.inputs[0], key, node)
+        ana.union(node.inputs[0], node.outputs[0], node)
+
+    def check(self, node, graph):
+        super().check(node, graph)
+        if len(node.inputs) != 2:
+            raise UnsupportedLayerError(
+                f"{node.name!r} ({type(node.layer).__name__}): expected 2 inputs "
+                f"(shortcut, residual). Received: {len(node.inputs)}"
+            )
+
+    def _present(self, node, stage: int, pieces: list) -> list | None:
+        present = [p for p in pieces if p is not None]
+        return present or None
+
+    def build(self, node, inputs, ctx):
+        out = []
+        for stage in range(1, ctx.num_stages + 1):
+            shortcut, residual = (v[stage - 1] for v in inputs)
+            present = self._present(node, stage, [shortcut, residual])
+            if present is None:
+                out.append(None)
+                continue
+            check_same_channels(node, stage, present)
+            if residual is None:
+                out.append(shortcut)
+                continue
+            if shortcut is None:
+                scale = node.layer.get_config()["scale"]
+                new = keras.layers.Rescaling(scale, name=ctx.name(node, stage))
+                out.append(Piece(new(residual.tensor), residual.idx))
+                continue
+            new = ctx.clone(node.layer, ctx.name(node, stage))
+            out.append(Piece(new([shortcut.tensor, residual.tensor]), shortcut.idx))
+        return [out]
+
+
 class ConcatenateRule(LayerRule):
     def check(self, node, graph):
         super().check(node, graph)
@@ -188,6 +233,13 @@ L = keras.layers
 register_rule(L.Add, L.Multiply, L.Subtract, L.Average, L.Maximum, L.Minimum)(MergeRule())
 register_rule(L.Concatenate)(ConcatenateRule())
 del L
+
+try:  # keras.applications' own layer class is not exported; keyed by its private path.
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer as _ScaleLayer
+except ImportError:  # pragma: no cover - another Keras layout: Inception-ResNet is refused
+    _ScaleLayer = None
+if _ScaleLayer is not None:
+    register_rule(_ScaleLayer)(ScaledResidualRule())
 
 # keras.ops calls that are per-channel (elementwise); private classes, public functions.
 for _cls, _fn, _zero in [

@@ -1,0 +1,304 @@
+"""keras.applications families through `transform` (WORKSPACE.md, "keras.applications
+support"), and the rules some of them need, on tiny hand-built models (fast tier).
+
+Slow tier, one test per family at the smallest input size its constructor accepts: one stage
+reproduces the original's outputs, three stages (default arch) build with every stage's
+kernels live, and `count_flops` agrees with TensorFlow's profiler within 2 %.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+# keras.applications' own layer classes are not exported.
+from keras.src.applications.convnext import LayerScale
+from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+import s2dnas_tf as s2d
+from s2dnas_tf import conventions
+from s2dnas_tf import graph as graph_lib
+from s2dnas_tf import rewriter
+from s2dnas_tf import rules as rules_lib
+from tests import helpers
+from tests.test_flops import _profiler_flops
+
+# Family -> the smallest input side its constructor accepts (Inception 75, Xception 71; the
+# others 32). include_top=True, 10 classes, logits out (classifier_activation=None), so one
+# stage is compared with the original's logits (tests/test_transform.py covers the dropped
+# softmax).
+FAMILIES = {
+    "VGG16": 32,
+    "ResNet50": 32,
+    "ResNet50V2": 32,
+    "DenseNet121": 32,
+    "MobileNet": 32,
+    "MobileNetV2": 32,
+    "MobileNetV3Small": 32,
+    "MobileNetV3Large": 32,
+    "EfficientNetB0": 32,
+    "EfficientNetV2B0": 32,
+    "InceptionV3": 75,
+    "InceptionResNetV2": 75,
+    "Xception": 71,
+    "NASNetMobile": 32,
+    "ConvNeXtTiny": 32,
+}
+
+
+def check_one_stage_reproduces(model, x):
+    space = s2d.SearchSpace.from_model(model, num_stages=1)
+    net = s2d.transform(model, space.default_arch())
+    actual, expected = helpers.comparable_scores(model, net(x)[0], x)
+    scale = max(1.0, float(np.abs(expected).max()))
+    np.testing.assert_allclose(actual, expected, atol=1e-4 * scale, rtol=0)
+    assert s2d.stage_flops(net) == [s2d.count_flops(model)]
+
+
+def check_stage_kernels_live(net, x):
+    """Every kernel of every stage gets a nonzero gradient from some stage's logits."""
+    weights = {}
+    for layer in net.layers:
+        stage = conventions.stage_of_layer(layer.name)
+        for w in layer.trainable_weights:
+            if stage is not None and w.path.rsplit("/", 1)[-1].endswith("kernel"):
+                weights.setdefault(stage, []).append(w)
+    assert sorted(weights) == list(range(1, len(net.outputs) + 1)), sorted(weights)
+    flat = [w for ws in weights.values() for w in ws]
+    rng = np.random.default_rng(0)
+    with tf.GradientTape() as tape:
+        outs = net(x, training=False)
+        loss = sum(
+            tf.reduce_sum(o * rng.normal(size=o.shape).astype("float32")) for o in outs
+        )
+    grads = tape.gradient(loss, flat)
+    dead = [w.path for w, g in zip(flat, grads) if g is None or not np.any(np.asarray(g))]
+    assert not dead, dead
+
+
+def check_three_stages(model, x, num_stages=3):
+    space = s2d.SearchSpace.from_model(model, num_stages=num_stages)
+    net = s2d.transform(model, space.default_arch())
+    outs = net(x)
+    num_classes = int(model.outputs[0].shape[-1])
+    assert len(outs) == num_stages
+    for o in outs:
+        assert tuple(o.shape) == (x.shape[0], num_classes)
+        assert np.all(np.isfinite(np.asarray(o)))
+    flops = s2d.stage_flops(net)
+    assert all(b > a for a, b in zip(flops, flops[1:])), flops
+    check_stage_kernels_live(net, x)
+    return space, net
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family(name):
+    size = FAMILIES[name]
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None
+    )
+    helpers.randomize_normalization_stats(model)
+    x = helpers.images(model, scale=255.0)
+    check_one_stage_reproduces(model, x)
+    check_three_stages(model, x)
+    macs = s2d.count_flops(model)
+    profiled = _profiler_flops(model, (size, size, 3)) / 2
+    assert abs(profiled - macs) <= 0.02 * macs, (profiled, macs)
+
+
+# --- fast tier: the new rules on tiny hand-built models -------------------------------------
+
+
+def check_plan_agrees_with_build(model, seeds=(0, 1)):
+    """`rewriter.plan` holds the channels `transform` builds, at every tensor."""
+    space = s2d.SearchSpace.from_model(model, num_stages=3)
+    graph = space.analysis.graph
+    for arch in [space.default_arch()] + [space.sample(seed) for seed in seeds]:
+        builder = rewriter._Builder(space, arch)
+        (in_key,) = graph.inputs
+        images = keras.Input(shape=graph.tensors[in_key].shape[1:])
+        built = graph_lib.rebuild(
+            graph, builder.step, {in_key: rules_lib.Shared(images)}, nodes=builder.order
+        )
+        planned = rewriter.plan(space, arch).values
+        assert set(built) == set(planned)
+        for key, value in built.items():
+            if isinstance(value, rules_lib.Shared):
+                assert isinstance(planned[key], rules_lib.Shared), key
+                continue
+            for stage, (piece, idx) in enumerate(zip(value, planned[key]), start=1):
+                if piece is None:
+                    assert idx is None, (arch.tokens, key, stage)
+                else:
+                    np.testing.assert_array_equal(piece.idx, idx, err_msg=f"{key} {stage}")
+        assert rewriter.plan(space, arch).stage_flops() == s2d.stage_flops(
+            s2d.transform(model, arch)
+        )
+
+
+def _key_of(model, space, layer_name):
+    node = next(n for n in space.analysis.graph.nodes if n.name == layer_name)
+    return node.outputs[0]
+
+
+def inception_se_cnn():
+    """Inception-style concatenations joined with channel-mixing outputs: a squeeze-excite
+    gate on a concatenation (Multiply) and a NASNet-style Add of a conv to one."""
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = L.Conv2D(8, 3, padding="same", name="stem")(inputs)
+    a = L.Conv2D(6, 1, name="branch_a")(x)
+    b = L.Conv2D(10, 3, padding="same", name="branch_b")(x)
+    cat = L.Concatenate(name="cat")([a, b])
+    cat = L.BatchNormalization(name="cat_bn")(cat)
+    se = L.GlobalAveragePooling2D(keepdims=True, name="se_pool")(cat)
+    se = L.Conv2D(4, 1, activation="relu", name="se_reduce")(se)
+    se = L.Conv2D(16, 1, activation="sigmoid", name="se_expand")(se)
+    x = L.Multiply(name="se_mul")([cat, se])
+    h = L.Conv2D(16, 1, name="h_conv")(L.ReLU(name="relu")(x))
+    h = L.BatchNormalization(name="h_bn")(h)
+    x = L.Add(name="nas_add")([L.AveragePooling2D(3, 1, "same", name="pool")(h), x])
+    x = L.Conv2D(12, 3, strides=2, name="down")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return keras.Model(inputs, L.Dense(5, name="logits")(x), name="inception_se")
+
+
+def test_mixing_output_joined_with_a_concatenation_follows_its_layout():
+    model = helpers.randomize_normalization_stats(inception_se_cnn())
+    space, _ = helpers.run_transform_invariants_test(model)
+    ana = space.analysis
+    cat = _key_of(model, space, "cat")
+    for name in ("se_expand", "h_conv"):
+        key = _key_of(model, space, name)
+        assert ana.follows(key) and ana.unit_of(key) is None
+    assert not ana.follows(_key_of(model, space, "se_reduce"))
+    # The followers hold, per stage, the concatenation's channels (here not contiguous).
+    for arch in (space.default_arch(), space.sample(3)):
+        values = rewriter.plan(space, arch).values
+        for name in ("se_expand", "h_conv"):
+            for held, expected in zip(values[_key_of(model, space, name)], values[cat]):
+                np.testing.assert_array_equal(held, expected)
+        assert any(
+            idx is not None and np.any(np.diff(idx) != 1) for idx in values[cat]
+        ), "the test should exercise a non-contiguous layout"
+    check_plan_agrees_with_build(model)
+
+
+def test_layout_computed_from_its_followers_is_refused():
+    """The concatenation a conv output must follow is itself computed from that conv."""
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    m = L.Conv2D(8, 3, padding="same", name="m")(inputs)
+    cat = L.Concatenate(name="cat")([L.Conv2D(4, 1, name="a")(m), L.Conv2D(4, 1, name="b")(m)])
+    x = L.Add(name="join")([cat, m])
+    x = L.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, L.Dense(3)(x))
+    space = s2d.SearchSpace.from_model(model, num_stages=2)
+    with pytest.raises(ValueError, match="'m'.*'cat'.*computed from them"):
+        s2d.transform(model, space.default_arch())
+
+
+def convnext_like_cnn():
+    """ConvNeXt's block: depthwise conv, LayerNorm, pointwise Dense, LayerScale, residual;
+    and an Inception-ResNet residual through CustomScaleLayer on a concatenation."""
+    L = keras.layers
+    inputs = keras.Input((12, 12, 3))
+    x = L.Conv2D(16, 2, strides=2, name="stem")(inputs)
+    x = L.LayerNormalization(epsilon=1e-6, name="stem_ln")(x)
+    y = L.DepthwiseConv2D(3, padding="same", name="dw")(x)
+    y = L.LayerNormalization(epsilon=1e-6, name="ln")(y)
+    y = L.Dense(32, name="pw1")(y)
+    y = L.Activation("gelu", name="gelu")(y)
+    y = L.Dense(16, name="pw2")(y)
+    y = LayerScale(0.5, 16, name="layer_scale")(y)
+    x = L.Add(name="res")([x, y])
+    cat = L.Concatenate(name="cat")(
+        [L.Conv2D(6, 1, name="b1")(x), L.Conv2D(10, 3, padding="same", name="b2")(x)]
+    )
+    up = L.Conv2D(16, 1, name="up")(L.Activation("relu", name="relu")(cat))
+    x = CustomScaleLayer(0.2, name="scale_res")([cat, up])
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.LayerNormalization(epsilon=1e-6, name="head_ln")(x)
+    return keras.Model(inputs, L.Dense(4, name="logits")(x), name="convnext_like")
+
+
+def _randomize_scales(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, (LayerScale, keras.layers.LayerNormalization)):
+            layer.set_weights([rng.uniform(0.5, 1.5, w.shape) for w in layer.get_weights()])
+    return model
+
+
+def test_layer_scale_custom_scale_layer_and_layer_norm():
+    model = _randomize_scales(convnext_like_cnn())
+    space, _ = helpers.run_transform_invariants_test(model)
+    net = s2d.transform(model, space.default_arch())
+    scales = [layer for layer in net.layers if isinstance(layer, LayerScale)]
+    assert scales and all(
+        layer.projection_dim == layer.gamma.shape[0] < 16 for layer in scales
+    )
+    check_plan_agrees_with_build(model)
+
+
+def test_layer_norm_normalises_each_stage_over_its_own_channels():
+    """The decision documented in rules.AxisChannelwiseRule: stage s's LayerNorm runs over
+    the channels its slice holds, with their gamma and beta."""
+    L = keras.layers
+    inputs = keras.Input((6, 6, 3))
+    x = L.Conv2D(12, 3, name="conv")(inputs)
+    x = L.LayerNormalization(epsilon=1e-8, center=False, scale=False, name="ln")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(3, name="logits")(x))
+    space = s2d.SearchSpace.from_model(model, num_stages=3)
+    net = s2d.transform(model, space.default_arch())
+    x = helpers.images(model, scale=255.0)
+    widths = []
+    for stage in (1, 2, 3):
+        layer = net.get_layer(conventions.stage_layer_name(stage, "ln"))
+        y = np.asarray(keras.Model(net.inputs, layer.output)(x))
+        widths.append(y.shape[-1])
+        np.testing.assert_allclose(y.mean(-1), 0.0, atol=1e-5)
+        np.testing.assert_allclose(y.var(-1), 1.0, atol=1e-3)
+    assert sum(widths) == 12 and max(widths) < 12, widths
+
+
+def test_a_users_per_channel_layer_through_register_rule():
+    """WORKSPACE.md's "Adding a layer rule", for a layer defined here."""
+
+    class ChannelAffine(keras.layers.Layer):
+        """x * scale + shift, one pair per channel (built from the input's channels)."""
+
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones")
+            self.shift = self.add_weight(shape=(input_shape[-1],), initializer="zeros")
+
+        def call(self, x):
+            return x * self.scale + self.shift
+
+    L = keras.layers
+    inputs = keras.Input((8, 8, 3))
+    x = L.Conv2D(12, 3, padding="same", name="conv")(inputs)
+    x = ChannelAffine(name="affine")(x)
+    x = L.ReLU(name="relu")(x)
+    x = L.Conv2D(16, 3, strides=2, name="conv2")(x)
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    model = keras.Model(inputs, L.Dense(4, name="logits")(x))
+    rng = np.random.default_rng(0)
+    affine = model.get_layer("affine")
+    affine.set_weights([rng.uniform(0.5, 1.5, [12]), rng.normal(0, 0.5, [12])])
+    with pytest.raises(ValueError, match="'affine' of class .*ChannelAffine has no rule"):
+        s2d.SearchSpace.from_model(model, num_stages=2)
+
+    class ChannelAffineRule(rules_lib.ChannelwiseRule):
+        """Per-channel layer: ChannelwiseRule slices weights whose last dim is C."""
+
+    s2d.register_rule(ChannelAffine)(ChannelAffineRule())
+    space, _ = helpers.run_transform_invariants_test(model)
+    net = s2d.transform(model, space.default_arch())
+    copies = [layer for layer in net.layers if isinstance(layer, ChannelAffine)]
+    assert len(copies) == 3
+    assert sorted(int(c.scale.shape[0]) for c in copies) != [12, 12, 12]
+    check_plan_agrees_with_build(model)
