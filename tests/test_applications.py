@@ -160,6 +160,12 @@ def inception_se_cnn():
     h = L.Conv2D(16, 1, name="h_conv")(L.ReLU(name="relu")(x))
     h = L.BatchNormalization(name="h_bn")(h)
     x = L.Add(name="nas_add")([L.AveragePooling2D(3, 1, "same", name="pool")(h), x])
+    # A follower the graph's own order puts before the concatenation it follows.
+    early = L.Conv2D(12, 1, name="early_conv")(x)
+    late = L.Concatenate(name="late_cat")(
+        [L.Conv2D(4, 1, name="c1")(x), L.Conv2D(8, 3, padding="same", name="c2")(x)]
+    )
+    x = L.Add(name="late_add")([early, late])
     x = L.Conv2D(12, 3, strides=2, name="down")(x)
     x = L.GlobalAveragePooling2D(name="gap")(x)
     return keras.Model(inputs, L.Dense(5, name="logits")(x), name="inception_se")
@@ -170,9 +176,12 @@ def test_mixing_output_joined_with_a_concatenation_follows_its_layout():
     space, _ = helpers.run_transform_invariants_test(model)
     ana = space.analysis
     cat = _key_of(model, space, "cat")
-    for name in ("se_expand", "h_conv"):
+    for name in ("se_expand", "h_conv", "early_conv"):
         key = _key_of(model, space, name)
         assert ana.follows(key) and ana.unit_of(key) is None
+    nodes = space.analysis.graph.nodes
+    position = {n.name: i for i, n in enumerate(nodes)}
+    assert position["early_conv"] < position["late_cat"], "the order case is not exercised"
     assert not ana.follows(_key_of(model, space, "se_reduce"))
     # The followers hold, per stage, the concatenation's channels (here not contiguous).
     for arch in (space.default_arch(), space.sample(3)):
