@@ -22,6 +22,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 USAGE_ERROR = 2
 
@@ -287,8 +288,10 @@ def start_tensorflow(count) -> None:
                 cpus[0], [tf.config.LogicalDeviceConfiguration()] * count
             )
         tf.config.list_logical_devices()  # starts the runtime (and its CUDA probe) now
-        # TensorFlow's Python INFO lines (SavedModel writing, signature renames) too.
+        # TensorFlow's Python INFO lines (SavedModel writing, signature renames) too; some of
+        # its modules log through absl directly.
         tf.get_logger().setLevel("WARNING")
+        absl_logging.set_verbosity(absl_logging.WARNING)
     finally:
         os.dup2(saved, 2)
         os.close(saved)
