@@ -66,6 +66,7 @@ _FUSING = (
     keras.layers.Dense,
     keras.layers.Add,
 )
+_MIN_OP_MS = 1e-4
 _CONFIG_SKIP = ("name", "trainable", "dtype", "dtype_policy")
 _CONFIG_SKIP_SUFFIXES = ("_initializer", "_regularizer", "_constraint")
 
@@ -159,7 +160,8 @@ class OpTimeTable:
             fresh = type(layer).from_config(layer.get_config())
             outputs = fresh(inputs if len(inputs) > 1 else inputs[0])
             total = self._time(keras.Model(inputs, outputs))
-            self.ops[key] = max(0.0, total - self.invoke_ms)
+            # Floored just above 0: every op costs something, so exit paths stay increasing.
+            self.ops[key] = max(_MIN_OP_MS, total - self.invoke_ms)
             self.measured += 1
         return self.ops[key]
 

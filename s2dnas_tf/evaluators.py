@@ -29,6 +29,8 @@ import keras
 
 import numpy as np
 
+from s2dnas_tf import calibration
+from s2dnas_tf import cost as cost_lib
 from s2dnas_tf import data as data_lib
 from s2dnas_tf import rewriter, search, training
 from s2dnas_tf import supernet as supernet_lib
@@ -54,6 +56,46 @@ class Evaluator(abc.ABC):
     """
 
     base: keras.Model
+    splits: data_lib.Splits
+    reward_config: search.RewardConfig
+    static_flops: int
+
+    def _set_up_cost(self) -> None:
+        """The static model's cost and, for a time cost, the op-time table (this machine's
+        cache; new ops are measured and saved as candidates need them)."""
+        self.static_flops = count_flops(self.base)
+        self.cost_table = None
+        if self.reward_config.cost != "flops":
+            self.cost_table = cost_lib.OpTimeTable()
+            self.static_cost = cost_lib.static_cost(self.base, self.reward_config.cost,
+                                                    self.cost_table)
+            self.cost_table.save()
+
+    def _reward(self, probs, stage_flops: list[int], net_fn: Callable[[], keras.Model]) -> dict:
+        """`search.compute_reward` in the reward config's cost. With a time cost the budget
+        and the reward count each exit path's predicted ms (`net_fn()` builds the candidate's
+        net to time); the record keeps the FLOPs of the thresholds chosen (`avg_flops`,
+        `flops_ratio`) and adds `cost`, `path_ms`, `avg_ms` and `ms_ratio`."""
+        labels = self.splits.y_val
+        if self.cost_table is None:
+            return search.compute_reward(
+                probs, labels, stage_flops, self.static_flops, self.reward_config)
+        measured = self.cost_table.measured
+        path_ms = cost_lib.exit_path_costs(net_fn(), self.reward_config.cost, self.cost_table)
+        if self.cost_table.measured != measured:
+            self.cost_table.save()
+        record = search.compute_reward(
+            probs, labels, path_ms, self.static_cost, self.reward_config)
+        chosen = calibration.evaluate_policy(probs, labels, stage_flops, record["thresholds"])
+        return {
+            **record,
+            "cost": self.reward_config.cost,
+            "path_ms": path_ms,
+            "avg_ms": record["avg_flops"],
+            "ms_ratio": record["flops_ratio"],
+            "avg_flops": float(chosen.avg_flops),
+            "flops_ratio": float(chosen.avg_flops / self.static_flops),
+        }
 
     def start_weights(self, arch: Arch) -> keras.Model:
         """The static model the chosen `arch`'s network inherits its weights from."""
@@ -159,7 +201,7 @@ class FinetuneEvaluator(Evaluator):
         self.reward_config = reward_config
         reward_config.validate()
         data_lib.check_num_classes(splits, self.base)
-        self.static_flops = count_flops(self.base)
+        self._set_up_cost()
 
     def __call__(self, arch: Arch) -> dict:
         net, _ = training.train(
@@ -169,13 +211,7 @@ class FinetuneEvaluator(Evaluator):
             teacher_fn=self._teacher_fn,
         )
         val_probs = training.predict_stage_probabilities(net, self.splits.x_val)
-        return search.compute_reward(
-            val_probs,
-            self.splits.y_val,
-            rewriter.stage_flops(net),
-            self.static_flops,
-            self.reward_config,
-        )
+        return self._reward(val_probs, rewriter.stage_flops(net), lambda: net)
 
 
 @register_evaluator("supernet")
@@ -226,7 +262,7 @@ class SupernetEvaluator(Evaluator):
         data_lib.check_num_classes(splits, self.base)
         self.splits = splits
         self.reward_config = reward_config
-        self.static_flops = count_flops(self.base)
+        self._set_up_cost()
         self.supernet = supernet_lib.train_supernet(
             self.base, space, splits, train_config, teacher_fn=teacher_fn
         )
@@ -236,9 +272,7 @@ class SupernetEvaluator(Evaluator):
 
     def __call__(self, arch: Arch) -> dict:
         probs, stage_flops = self.supernet.evaluate(arch, self.bn_images, self.splits.x_val)
-        return search.compute_reward(
-            probs, self.splits.y_val, stage_flops, self.static_flops, self.reward_config
-        )
+        return self._reward(probs, stage_flops, lambda: rewriter.transform(self.base, arch))
 
     def start_weights(self, arch: Arch) -> keras.Model:
         """The supernet's weights with `arch`'s BatchNorm statistics, as a static model."""

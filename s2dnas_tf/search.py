@@ -39,6 +39,7 @@ import numpy as np
 from s2dnas_tf import calibration, fileio
 from s2dnas_tf import controller as controller_lib
 from s2dnas_tf import flops, rewriter
+from s2dnas_tf.cost import COSTS
 from s2dnas_tf.space import Arch, SearchSpace
 
 SEARCHERS = ("rl", "random")
@@ -54,19 +55,25 @@ class RewardConfig:
             it), minus `budget_penalty * (cheapest / budget - 1)` when even exiting every
             sample at stage 1 exceeds the budget; "linear": the best accuracy - lambda *
             (average FLOPs / static FLOPs) over the calibrated accuracy-FLOPs curve.
-        flops_budget: The budget as a fraction of the static FLOPs, in (0, 1].
+        flops_budget: The budget as a fraction of the static model's cost, in (0, 1]: its
+            FLOPs, or with a time `cost` its predicted time (the `--latency_budget`).
         flops_lambda: lambda of the linear reward.
         budget_penalty: Penalty per unit of relative budget overshoot.
+        cost: What the budget and the reward count (`cost.COSTS`): "flops", or "tflite"
+            (each exit path's batch-1 TFLite time predicted by `cost.exit_path_costs`).
     """
 
     kind: str = "budget"
     flops_budget: float = 0.5
     flops_lambda: float = 0.5
     budget_penalty: float = 1.0
+    cost: str = "flops"
 
     def validate(self) -> None:
         if self.kind not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}. Received: {self.kind!r}")
+        if self.cost not in COSTS:
+            raise ValueError(f"cost must be one of {COSTS}. Received: cost={self.cost!r}")
         if not 0 < self.flops_budget <= 1:
             raise ValueError(
                 f"flops_budget must be in (0, 1]. Received: flops_budget={self.flops_budget!r}"

@@ -321,6 +321,38 @@ def test_finetune_evaluator_scores_a_candidate_and_writes_nothing(tmp_path, spac
         )
 
 
+def test_a_time_cost_scores_candidates_by_predicted_tflite_ms(tmp_path, space, digits,
+                                                              monkeypatch):
+    """`RewardConfig(cost="tflite")`: the budget and the reward count each exit path's
+    predicted ms (op times measured once into the cache, then looked up), the record keeps
+    the FLOPs of the chosen thresholds beside them."""
+    from s2dnas_tf import cost, evaluators, training
+
+    monkeypatch.setenv("S2DNAS_CACHE_DIR", str(tmp_path / "cache"))
+    base = build_model("resnet8", input_shape=(8, 8, 1))  # the space's model
+    config = training.TrainConfig(epochs=1, batch_size=32, steps_per_epoch=2, augment=False,
+                                  verbose=0)
+    reward = search.RewardConfig("budget", flops_budget=0.6, cost="tflite")
+    arch = space.default_arch()
+    evaluate = evaluators.FinetuneEvaluator(base, digits, config, reward)
+    record = evaluate(arch)
+    assert record["cost"] == "tflite" and len(record["path_ms"]) == 3
+    assert 0 < record["path_ms"][0] < record["path_ms"][1] < record["path_ms"][2]
+    assert record["ms_ratio"] == pytest.approx(record["avg_ms"] / evaluate.static_cost)
+    # The reward is the ms-budget calibration of the same outputs ...
+    table = cost.OpTimeTable()  # the cache the evaluator filled
+    assert table.ops and cost.static_cost(base, "tflite", table) == evaluate.static_cost
+    net = s2d.transform(base, arch)
+    assert cost.exit_path_costs(net, "tflite", table) == record["path_ms"]
+    assert table.measured == 0  # every op of this arch was in the cache
+    # ... and the FLOPs are those of the thresholds it chose.
+    assert record["flops_ratio"] == pytest.approx(
+        record["avg_flops"] / s2d.count_flops(base))
+    assert record["budget_met"] is (record["avg_ms"] <= 0.6 * evaluate.static_cost + 1e-9)
+    with pytest.raises(ValueError, match="cost must be one of"):
+        search.RewardConfig(cost="gpu").validate()
+
+
 def test_runs_refuse_unusable_input_before_writing(tmp_path):
     from s2dnas_tf import runs, training
 
