@@ -16,10 +16,11 @@ from keras.src.applications.convnext import LayerScale
 from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
 import s2dnas_tf as s2d
-from s2dnas_tf import conventions
+from s2dnas_tf import calibration, conventions, export
 from s2dnas_tf import graph as graph_lib
 from s2dnas_tf import rewriter
 from s2dnas_tf import rules as rules_lib
+from s2dnas_tf.supernet import Supernet
 from tests import helpers
 from tests.test_flops import _profiler_flops
 
@@ -108,6 +109,55 @@ def test_family(name):
     assert abs(profiled - macs) <= 0.02 * macs, (profiled, macs)
 
 
+def check_exports(net, x, tmp_path):
+    """The SavedModel (loaded in this process) answers every stage's logits of the Keras net
+    when thresholds send all images there (random-weight families give nearly the same
+    confidence for every image, so one threshold set would not spread them over stages);
+    its float TFLite file answers the last stage's (every IF branch taken)."""
+    logits = [np.asarray(o) for o in net(x)]
+    atol = 1e-4 * max(1.0, max(float(np.abs(z).max()) for z in logits))
+    num_stages = len(logits)
+    never, always = calibration.NEVER_EXIT, 0.0
+    saved = export.export_saved_model(net, [never] * (num_stages - 1), tmp_path, "family")
+    serve = tf.saved_model.load(saved).signatures[export.SERVING_WITH_THRESHOLDS]
+    for stage in range(1, num_stages + 1):
+        thresholds = [never] * (stage - 1) + [always] * (num_stages - stage)
+        served = serve(images=tf.constant(x), thresholds=tf.constant(thresholds, tf.float32))
+        np.testing.assert_array_equal(served["exit_stage"].numpy(), [stage] * len(x))
+        np.testing.assert_allclose(
+            served["logits"].numpy(), logits[stage - 1], atol=atol, rtol=0
+        )
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    path = export.convert_to_tflite(saved, tmp_path / "family.tflite")
+    runner = litert.Interpreter(model_path=path).get_signature_runner("serving_default")
+    answers = [runner(images=x[i : i + 1]) for i in range(len(x))]
+    np.testing.assert_array_equal(
+        np.concatenate([a["exit_stage"] for a in answers]), [num_stages] * len(x)
+    )
+    np.testing.assert_allclose(
+        np.concatenate([a["logits"] for a in answers]), logits[-1], atol=atol, rtol=0
+    )
+
+
+# Exports take 1-4 minutes a family (NASNetMobile: 4, checked by hand, WORKSPACE.md): two
+# families, one with keras.applications' own layers and LayerNorm, one with keras.ops calls.
+EXPORTED = ["ConvNeXtTiny", "MobileNetV3Small"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", EXPORTED)
+def test_family_exports(name, tmp_path):
+    size = FAMILIES[name]
+    keras.utils.set_random_seed(0)
+    model = getattr(keras.applications, name)(
+        weights=None, input_shape=(size, size, 3), classes=10, classifier_activation=None
+    )
+    helpers.randomize_normalization_stats(model)
+    space = s2d.SearchSpace.from_model(model, num_stages=3)
+    net = s2d.transform(model, space.default_arch())
+    check_exports(net, helpers.images(model, n=3, scale=255.0), tmp_path)
+
+
 # --- fast tier: the new rules on tiny hand-built models -------------------------------------
 
 
@@ -193,6 +243,19 @@ def test_mixing_output_joined_with_a_concatenation_follows_its_layout():
             idx is not None and np.any(np.diff(idx) != 1) for idx in values[cat]
         ), "the test should exercise a non-contiguous layout"
     check_plan_agrees_with_build(model)
+
+
+def test_supernet_views_with_followers_are_the_transformed_networks():
+    """The supernet masks what `rewriter.plan` says: followers included."""
+    model = helpers.randomize_normalization_stats(inception_se_cnn())
+    space = s2d.SearchSpace.from_model(model, num_stages=3)
+    supernet = Supernet(model, space)
+    x = helpers.images(model)
+    for arch in (space.default_arch(), space.sample(1)):
+        supernet.set_arch(arch)
+        views = supernet.model(x)
+        for view, built in zip(views, s2d.transform(model, arch)(x)):
+            np.testing.assert_allclose(np.asarray(view), np.asarray(built), atol=1e-5)
 
 
 def test_layout_computed_from_its_followers_is_refused():
