@@ -122,6 +122,14 @@ _flag(flags.DEFINE_integer, "channel_multiple", 1,
 _flag(flags.DEFINE_float, "flops_budget", 0.5,
       "Average-FLOPs budget, a fraction of the static model's.",
       _fraction, "--flops_budget must be in (0, 1].")
+_flag(flags.DEFINE_enum, "cost", "flops",
+      "What the budget counts: FLOPs, or each exit path's batch-1 TFLite time predicted from "
+      "op times measured once on this machine (s2dnas_tf.cost; with --latency_budget).",
+      enum_values=["flops", "tflite"])
+_flag(flags.DEFINE_float, "latency_budget", None,
+      "With --cost=tflite: the average time budget, a fraction of the static model's "
+      "(replaces --flops_budget).",
+      _fraction, "--latency_budget must be in (0, 1].")
 # The search.
 _flag(flags.DEFINE_enum, "searcher", "rl", "REINFORCE controller or random search.",
       enum_values=["rl", "random"])
@@ -210,8 +218,8 @@ RUN_FLAGS = {
                                               "overwrite"),
     "search": DATA_FLAGS + TRAIN_FLAGS + (
         "base_model", "model", "base_epochs", "num_stages", "channel_multiple", "searcher",
-        "num_candidates", "search_batch_size", "reward", "flops_budget", "flops_lambda",
-        "max_first_stage_flops", "reject_idle_stages", "evaluator", "supernet_epochs",
+        "num_candidates", "search_batch_size", "reward", "flops_budget", "cost",
+        "latency_budget", "flops_lambda", "max_first_stage_flops", "reject_idle_stages", "evaluator", "supernet_epochs",
         "supernet_learning_rate", "candidate_epochs", "candidate_steps",
         "candidate_learning_rate", "candidate_bn_momentum", "distill_weight",
         "distill_temperature", "deterministic", "output_dir", "overwrite", "export_name",
@@ -219,7 +227,7 @@ RUN_FLAGS = {
     ),
     "train_dynamic": DATA_FLAGS + TRAIN_FLAGS + (
         "base_model", "num_stages", "channel_multiple", "tokens", "early_exit",
-        "flops_budget", "stage_weights", "distill_weight", "distill_temperature",
+        "flops_budget", "cost", "latency_budget", "stage_weights", "distill_weight", "distill_temperature",
         "output_dir", "overwrite",
     ),
 }
@@ -358,8 +366,30 @@ def train_base_config(values):
     )
 
 
+def budget(values) -> tuple[str, float]:
+    """(cost, budget ratio) of the --cost, --flops_budget and --latency_budget flags.
+
+    Raises:
+        ValueError: For --cost=tflite without --latency_budget, or --latency_budget without
+            a time cost.
+    """
+    cost, latency = values.get("cost", "flops"), values.get("latency_budget")
+    if cost == "flops":
+        if latency is not None:
+            raise ValueError("--latency_budget applies with --cost=tflite; with --cost=flops "
+                             f"the budget is --flops_budget. Received: --latency_budget={latency}")
+        return cost, values["flops_budget"]
+    if latency is None:
+        raise ValueError(f"--cost={cost} needs --latency_budget (a fraction of the static "
+                         "model's time, e.g. 0.6).")
+    return cost, latency
+
+
 def search_config(values):
+    """Raises ValueError for inconsistent budget flags (`budget`)."""
     from s2dnas_tf import runs, search
+
+    cost, budget_ratio = budget(values)
 
     distill = dict(distill_weight=values["distill_weight"],
                    distill_temperature=values["distill_temperature"])
@@ -380,8 +410,9 @@ def search_config(values):
         ),
         reward=search.RewardConfig(
             kind=values["reward"],
-            flops_budget=values["flops_budget"],
+            flops_budget=budget_ratio,
             flops_lambda=values["flops_lambda"],
+            cost=cost,
         ),
         max_first_stage_flops=values["max_first_stage_flops"],
         candidate_train=train_config(
@@ -410,9 +441,11 @@ def search_config(values):
 
 
 def train_dynamic_config(values):
-    """Raises ValueError if --tokens or --stage_weights are not numbers."""
+    """Raises ValueError if --tokens or --stage_weights are not numbers, or for
+    inconsistent budget flags (`budget`)."""
     from s2dnas_tf import runs
 
+    cost, budget_ratio = budget(values)
     tokens, weights = values["tokens"], values["stage_weights"]
     try:
         tokens = [int(t) for t in tokens] if tokens else None
@@ -430,7 +463,8 @@ def train_dynamic_config(values):
         channel_multiple=values["channel_multiple"],
         tokens=tokens,
         early_exit=values["early_exit"],
-        flops_budget=values["flops_budget"],
+        flops_budget=budget_ratio,
+        cost=cost,
         train=train_config(
             values,
             stage_weights=weights,

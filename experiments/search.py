@@ -33,7 +33,10 @@ def main(argv):
     cli_common.start_tensorflow(FLAGS.logical_cpus)
     from s2dnas_tf import runs
 
-    config = cli_common.search_config(FLAGS.flag_values_dict())
+    try:
+        config = cli_common.search_config(FLAGS.flag_values_dict())
+    except ValueError as e:
+        return cli_common.usage_error(str(e))
     return cli_common.call(runs.run_search, config, settings=cli_common.resolved_flags())
 
 

@@ -11,6 +11,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from s2dnas_tf import cost as cost_lib
 from s2dnas_tf import data as data_lib
 from s2dnas_tf import export as export_lib
 from s2dnas_tf import report as report_lib
@@ -55,6 +56,7 @@ def train_and_report(
     export_name: str | None = None,
     build_net: Callable[[], keras.Model] | None = None,
     start_from: keras.Model | None = None,
+    cost: str = "flops",
 ) -> dict:
     """Trains `arch`'s multi-stage net from `base`, calibrates on validation, reports on test.
 
@@ -70,7 +72,7 @@ def train_and_report(
         arch: The architecture (None with `build_net`).
         splits: The data.
         train_config: How to train the multi-stage net (its output_dir holds the resume state).
-        flops_budget_ratio: The FLOPs budget, a fraction of the static model's.
+        flops_budget_ratio: The budget, a fraction of the static model's cost (`cost`).
         output_dir: Where the files go.
         search: The search summary for the report, if a search chose `arch`.
         log: Progress output.
@@ -80,6 +82,8 @@ def train_and_report(
         start_from: A static model of `base`'s architecture whose weights the net inherits
             instead of `base`'s (e.g. a trained supernet's); the report's static figures
             stay `base`'s.
+        cost: What the budget counts (`cost.COSTS`): "flops", or "tflite" (each exit
+            path's predicted batch-1 TFLite time; the report gains its "cost" entry).
 
     Returns:
         The report dict.
@@ -103,6 +107,12 @@ def train_and_report(
     multistage_path = os.path.join(output_dir, "multistage.keras")
     with fileio.atomic_path(multistage_path, suffix=".keras") as tmp:
         net.save(tmp)
+    time_cost = None
+    if cost != "flops":
+        table = cost_lib.OpTimeTable()
+        time_cost = {"cost": cost, "static_ms": cost_lib.static_cost(base, cost, table),
+                     "path_ms": cost_lib.exit_path_costs(net, cost, table)}
+        table.save()
     log("calibrating on the validation split ...")
     result = report_lib.build_report(
         dataset=splits.name,
@@ -118,6 +128,7 @@ def train_and_report(
         arch=arch.to_dict() if arch is not None else None,
         search=search,
         extra={"train_seconds": train_seconds, "history": history},
+        time_cost=time_cost,
     )
     if export_name:
         result["export"] = export_run(net, result, output_dir, export_name, log=log)
@@ -129,4 +140,8 @@ def train_and_report(
         f"oracle {oracle['accuracy']:.4f} at {oracle['avg_flops'] / static_flops:.1%}; "
         f"wrote {output_dir}/report.md"
     )
+    if time_cost is not None:
+        timed = result["cost"]
+        log(f"{cost} time (predicted): {timed['expected_ms']:.3f} ms per image, "
+            f"{timed['ms_ratio']:.1%} of the static model's {timed['static_ms']:.3f} ms")
     return result

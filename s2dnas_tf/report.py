@@ -36,8 +36,14 @@ def build_report(
     arch: dict | None = None,
     search: dict | None = None,
     extra: dict | None = None,
+    time_cost: dict | None = None,
 ) -> dict:
     """Calibrates on validation, measures on test, and returns the report dict.
+
+    With `time_cost` the thresholds are calibrated for a time budget instead of a FLOPs
+    one, and the report gains a "cost" entry (each exit path's ms, the static model's, the
+    expected ms per image on test and on validation); the FLOPs figures are those of the
+    thresholds so chosen.
 
     Args:
         dataset: Dataset name.
@@ -53,6 +59,9 @@ def build_report(
         arch: The architecture (`Arch.to_dict()`), if any.
         search: The search summary (`evaluated`, `seconds`, `best_reward`), if any.
         extra: More top-level fields (e.g. training wall times).
+        time_cost: {"cost": e.g. "tflite", "static_ms": float, "path_ms": S cumulative
+            floats (`cost.exit_path_costs`)}; `flops_budget_ratio` is then the budget as a
+            fraction of `static_ms`.
 
     Returns:
         A JSON-serialisable dict with the fields of docs/design.md §10.
@@ -65,15 +74,25 @@ def build_report(
             f"flops_budget_ratio must be in (0, 1]. Received: {flops_budget_ratio!r}"
         )
     stage_flops = [int(f) for f in stage_flops]
-    budget = flops_budget_ratio * static_flops
+    # What the budget counts: FLOPs, or each exit path's time.
+    budget_costs, static_cost = stage_flops, static_flops
+    if time_cost is not None:
+        budget_costs = [float(t) for t in time_cost["path_ms"]]
+        static_cost = float(time_cost["static_ms"])
+        if len(budget_costs) != len(stage_flops):
+            raise ValueError(
+                f"time_cost needs one path time per stage ({len(stage_flops)}). Received: "
+                f"path_ms={budget_costs}"
+            )
+    budget = flops_budget_ratio * static_cost
     budget_met = True
     try:
-        chosen = calibration.calibrate_for_budget(val_probs, val_labels, stage_flops, budget)
+        chosen = calibration.calibrate_for_budget(val_probs, val_labels, budget_costs, budget)
     except calibration.BudgetNotMetError:
         # Not reachable: every sample exits at stage 1, the cheapest policy there is.
         budget_met = False
         chosen = calibration.evaluate_policy(
-            val_probs, val_labels, stage_flops, [0.0] * (len(stage_flops) - 1)
+            val_probs, val_labels, budget_costs, [0.0] * (len(stage_flops) - 1)
         )
     dynamic = calibration.evaluate_policy(test_probs, test_labels, stage_flops, chosen.thresholds)
     oracle = calibration.oracle(test_probs, test_labels, stage_flops)
@@ -115,6 +134,23 @@ def build_report(
         ],
         "search": search or {"evaluated": 0, "seconds": 0.0, "best_reward": None},
     }
+    if time_cost is not None:
+        report["dynamic"]["flops_budget_ratio"] = None  # the budget was in time
+        timed = calibration.evaluate_policy(test_probs, test_labels, budget_costs,
+                                            chosen.thresholds)
+        report["cost"] = {
+            "cost": time_cost["cost"],
+            "predicted": True,
+            "static_ms": static_cost,
+            "path_ms": budget_costs,
+            "budget_ratio": flops_budget_ratio,
+            "expected_ms": timed.avg_flops,
+            "ms_ratio": timed.avg_flops / static_cost,
+            "validation_expected_ms": chosen.avg_flops,
+        }
+        for point in report["curve"]:
+            point["avg_ms"] = calibration.evaluate_policy(
+                test_probs, test_labels, budget_costs, point["threshold_set"]).avg_flops
     if arch is not None:
         report["arch"] = arch
     if extra:
@@ -146,12 +182,15 @@ def to_markdown(report: dict) -> str:
     """The report for people."""
     static, dynamic, oracle = report["static"], report["dynamic"], report["oracle"]
     flops = static["flops"]
+    cost = report.get("cost")
+    budget = (f"{dynamic['flops_budget_ratio']:.0%} of the static FLOPs" if cost is None else
+              f"{cost['budget_ratio']:.0%} of the static model's {cost['cost']} time "
+              f"(predicted from op times)")
     lines = [
         f"# S2DNAS report: {report['model']} on {report['dataset']}",
         "",
         f"{report['num_stages']} stages; thresholds calibrated on the validation split for a "
-        f"budget of {dynamic['flops_budget_ratio']:.0%} of the static FLOPs; all accuracies "
-        "on the test split.",
+        f"budget of {budget}; all accuracies on the test split.",
         "",
         "| | test accuracy | average FLOPs | FLOPs ratio |",
         "| --- | --- | --- | --- |",
@@ -165,6 +204,11 @@ def to_markdown(report: dict) -> str:
         f"exit fractions: {', '.join(f'{f:.3f}' for f in dynamic['exit_fractions'])}.",
         "",
     ]
+    if cost is not None:
+        lines += [f"Time ({cost['cost']}, batch 1, predicted): static {cost['static_ms']:.3f} "
+                  f"ms; exit paths {', '.join(f'{t:.3f}' for t in cost['path_ms'])} ms; "
+                  f"expected {cost['expected_ms']:.3f} ms per test image "
+                  f"({cost['ms_ratio']:.2f} of static).", ""]
     if not dynamic.get("budget_met_on_validation", True):
         lines += ["**The budget could not be met on validation**: every sample exits at "
                   "stage 1, the cheapest policy.", ""]
@@ -204,11 +248,19 @@ def plot_curve(report: dict, path: str) -> None:
         "-o", ms=3, label="dynamic (thresholds from validation)",
     )
     ax.plot([1.0], [static["accuracy"]], "s", color="black", label="static")
+    cost = report.get("cost")
+    budget = (f"budget {dynamic['flops_budget_ratio']:.0%}" if cost is None else
+              f"{cost['cost']} time budget {cost['budget_ratio']:.0%}")
     ax.plot([dynamic["flops_ratio"]], [dynamic["accuracy"]], "*", ms=12, color="tab:red",
-            label=f"chosen (budget {dynamic['flops_budget_ratio']:.0%})")
+            label=f"chosen ({budget})")
+    if cost is not None:
+        ax.plot([p["avg_ms"] / cost["static_ms"] for p in curve],
+                [p["accuracy"] for p in curve], "-", lw=1, color="tab:purple",
+                label=f"dynamic against {cost['cost']} time / static (predicted)")
     ax.plot([oracle["avg_flops"] / flops], [oracle["accuracy"]], "^", color="tab:green",
             label="oracle")
-    ax.set_xlabel("average FLOPs / static FLOPs")
+    ax.set_xlabel("average FLOPs / static FLOPs" + ("" if cost is None else
+                                                      " (purple: time / static time)"))
     ax.set_ylabel("test accuracy")
     ax.set_title(f"{report['model']} on {report['dataset']}")
     ax.grid(alpha=0.3)

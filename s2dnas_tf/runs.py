@@ -38,6 +38,7 @@ import tensorflow as tf
 from s2dnas_tf import early_exit, fileio, pipeline, rewriter, training
 from s2dnas_tf import data as data_lib
 from s2dnas_tf import search as search_lib
+from s2dnas_tf import cost as cost_lib
 from s2dnas_tf import evaluators
 from s2dnas_tf.flops import count_flops
 from s2dnas_tf.models import build_model, list_models, with_input_normalization
@@ -173,7 +174,9 @@ class TrainDynamicConfig:
         tokens: The architecture's tokens; None: the space's default architecture.
         early_exit: The early-exit baseline (`early_exit.attach_exits`) instead of an S2DNAS
             architecture; `tokens` must then be None.
-        flops_budget: The thresholds' FLOPs budget, a fraction of the static model's.
+        flops_budget: The thresholds' budget, a fraction of the static model's cost.
+        cost: What the budget counts (`cost.COSTS`): "flops", or "tflite" (each exit
+            path's predicted batch-1 TFLite time; the report gains its "cost" entry).
         train: How to train (its `stage_weights` and distillation included; state in
             `<output_dir>/train`).
         overwrite: Redo a finished run in `output_dir`.
@@ -187,6 +190,7 @@ class TrainDynamicConfig:
     tokens: Sequence[int] | None = None
     early_exit: bool = False
     flops_budget: float = 0.5
+    cost: str = "flops"
     train: training.TrainConfig = dataclasses.field(
         default_factory=lambda: training.TrainConfig(distill_weight=1.0)
     )
@@ -396,6 +400,7 @@ def run_search(
         log=log,
         export_name=config.export_name or base.name,
         start_from=evaluator.start_weights(arch),
+        cost=config.reward.cost,
     )
     log(f"total wall time {time.time() - run_start:.0f} s")
     return result
@@ -437,6 +442,9 @@ def train_dynamic(
     space = arch = None
     with _checking_input():
         train_config.validate()
+        if config.cost not in cost_lib.COSTS:
+            raise InputError(
+                f"cost must be one of {cost_lib.COSTS}. Received: cost={config.cost!r}")
         weights = config.train.stage_weights
         if weights is not None and len(weights) != config.num_stages:
             raise InputError(
@@ -475,6 +483,7 @@ def train_dynamic(
         output_dir=out,
         log=log,
         export_name=base.name,
+        cost=config.cost,
         build_net=(
             (lambda: early_exit.attach_exits(base, config.num_stages))
             if config.early_exit else None

@@ -180,6 +180,56 @@ def test_train_dynamic_end_to_end_tiny(tmp_path):
     assert len(net.outputs) == 2
 
 
+def test_train_dynamic_calibrates_for_a_tflite_time_budget(tmp_path, monkeypatch):
+    """--cost=tflite --latency_budget: the thresholds meet a budget of predicted TFLite time
+    on validation, and the report says so (its "cost" entry, report.md)."""
+    monkeypatch.setenv("S2DNAS_CACHE_DIR", str(tmp_path / "cache"))
+    splits = data.load_dataset(data.DataConfig(name="digits"))
+    mean, variance = splits.channel_stats()
+    base = with_input_normalization(
+        build_model("resnet8", input_shape=splits.image_shape, width_multiplier=0.5),
+        mean, variance,
+    )
+    base.save(tmp_path / "base.keras")
+    run_dir = tmp_path / "dynamic"
+    args = [f"--base_model={tmp_path / 'base.keras'}", "--num_stages=2", "--epochs=1",
+            "--steps_per_epoch=2", "--batch_size=32", f"--output_dir={run_dir}",
+            "--verbose=0", "--cost=tflite", "--latency_budget=0.7"]
+    result = _run("train_dynamic.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tflite time (predicted)" in result.stdout
+    rep = json.loads((run_dir / "report.json").read_text())
+    cost = rep["cost"]
+    assert cost["cost"] == "tflite" and cost["budget_ratio"] == 0.7 and cost["predicted"]
+    assert len(cost["path_ms"]) == 2 and 0 < cost["path_ms"][0] < cost["path_ms"][1]
+    assert rep["dynamic"]["flops_budget_ratio"] is None  # the budget was in time
+    if rep["dynamic"]["budget_met_on_validation"]:
+        assert cost["validation_expected_ms"] <= 0.7 * cost["static_ms"] + 1e-9
+    # Test time per image: the path times weighted by the test exits.
+    expected = sum(f * t for f, t in zip(rep["dynamic"]["exit_fractions"], cost["path_ms"]))
+    assert cost["expected_ms"] == pytest.approx(expected)
+    assert all("avg_ms" in p for p in rep["curve"])
+    assert "tflite time (predicted from op times)" in (run_dir / "report.md").read_text()
+    # The op times were measured into the cache the run was pointed at.
+    assert list((tmp_path / "cache").glob("tflite_ops_*.json"))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--cost=tflite"], "--cost=tflite needs --latency_budget"),
+    (["--latency_budget=0.5"], "--latency_budget applies with --cost=tflite"),
+])
+def test_inconsistent_budget_flags_exit_2(tmp_path, args, expected):
+    base = build_model("resnet8", input_shape=(8, 8, 1), width_multiplier=0.5)
+    base.save(tmp_path / "base.keras")
+    for script in ("train_dynamic.py", "search.py"):
+        out = tmp_path / script
+        result = _run(script, f"--base_model={tmp_path / 'base.keras'}",
+                      f"--output_dir={out}", *args)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert expected in result.stderr.strip().splitlines()[-1]
+        assert not out.exists()
+
+
 @pytest.mark.slow
 def test_base_then_dynamic_pipeline_on_digits(tmp_path):
     base_dir, run_dir = tmp_path / "base", tmp_path / "dynamic"
