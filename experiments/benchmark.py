@@ -469,7 +469,8 @@ def main(argv):
         return cli_common.usage_error(
             f"--methods accepts {', '.join(_methods())}. Received: {', '.join(unknown)}"
         )
-    cli_common.start_tensorflow(None)
+    # TensorFlow's op pools sized for timing before its first op (latency.set_tf_threads).
+    cli_common.start_tensorflow(None, threads=FLAGS.latency_threads)
     out = FLAGS.output_dir
     os.makedirs(out, exist_ok=True)
     start = time.time()
@@ -477,8 +478,6 @@ def main(argv):
     # (`_wait` terminates it when interrupted) instead of running on orphaned.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     from s2dnas_tf import benchmark, count_flops, data, fileio, latency
-
-    latency.set_tf_threads(FLAGS.latency_threads)  # before TensorFlow's first op
 
     try:
         splits = data.load_dataset(cli_common.data_config(

@@ -275,14 +275,17 @@ def resolved_flags() -> dict:
     return {name: FLAGS[name].value for name in sorted(names)}
 
 
-def start_tensorflow(count) -> None:
-    """Starts TensorFlow, its CPU split into `count` logical devices (none: as it is).
+def start_tensorflow(count, threads: int | None = None) -> None:
+    """Starts TensorFlow, its CPU split into `count` logical devices (none: as it is) and,
+    with `threads`, its op pools that size (`latency.set_tf_threads`' setting).
 
     Call it first in a `main`, before anything imports TensorFlow. The native start-up lines
     (oneDNN, CUDA probing, absl's "before InitializeLog" notice) are written by C++ code
     before TF_CPP_MIN_LOG_LEVEL applies; file descriptor 2 goes to /dev/null while TensorFlow
     loads and its runtime starts, so a default run's terminal shows the run's own output.
-    Python exceptions are not lost: they propagate once the descriptor is restored.
+    Python exceptions are not lost: they propagate once the descriptor is restored. A
+    multi-worker process (TF_CONFIG set) must create its strategy before the runtime starts,
+    so there only the import is quiet.
     """
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     sys.stderr.flush()
@@ -295,7 +298,11 @@ def start_tensorflow(count) -> None:
             tf.config.set_logical_device_configuration(
                 cpus[0], [tf.config.LogicalDeviceConfiguration()] * count
             )
-        tf.config.list_logical_devices()  # starts the runtime (and its CUDA probe) now
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        if not os.environ.get("TF_CONFIG"):
+            tf.config.list_logical_devices()  # starts the runtime (and its CUDA probe) now
         # TensorFlow's Python INFO lines (SavedModel writing, signature renames) too; some of
         # its modules log through absl directly.
         tf.get_logger().setLevel("WARNING")
