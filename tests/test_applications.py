@@ -140,9 +140,11 @@ def check_exports(net, x, tmp_path):
     )
 
 
-# Exports take 1-4 minutes a family (NASNetMobile: 4, checked by hand, WORKSPACE.md): two
-# families, one with keras.applications' own layers and LayerNorm, one with keras.ops calls.
-EXPORTED = ["ConvNeXtTiny", "MobileNetV3Small"]
+# Exports take 1-4 minutes a family (NASNetMobile: 4, checked by hand, WORKSPACE.md), so the
+# default run exports one: ConvNeXtTiny, with keras.applications' own layers (LayerScale) and
+# LayerNorm. MobileNetV3Small's export (keras.ops calls) passed too (54 s) and was left out
+# of the default run to keep it within 15 minutes.
+EXPORTED = ["ConvNeXtTiny"]
 
 
 @pytest.mark.slow
