@@ -127,3 +127,19 @@ def check_stage_independence(net: keras.Model, x: np.ndarray) -> None:
         sub = keras.Model(net.inputs, net.outputs[s - 1])
         stages = {conventions.stage_of_layer(l.name) for l in sub.layers} - {None}
         assert max(stages) == s, stages
+
+
+def save_tiny_digits_base(path) -> keras.Model:
+    """An untrained half-width ResNet-8 for the built-in digits, with its input normalisation,
+    saved at `path` (the base model of the scripts' tiny end-to-end runs)."""
+    from s2dnas_tf import data
+    from s2dnas_tf.models import build_model, with_input_normalization
+
+    splits = data.load_dataset(data.DataConfig(name="digits"))
+    mean, variance = splits.channel_stats()
+    base = with_input_normalization(
+        build_model("resnet8", input_shape=splits.image_shape, width_multiplier=0.5),
+        mean, variance,
+    )
+    base.save(path)
+    return base

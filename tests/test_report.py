@@ -10,8 +10,9 @@ import keras
 import numpy as np
 import pytest
 
-from s2dnas_tf import calibration, data, report
-from s2dnas_tf.models import build_model, with_input_normalization
+from s2dnas_tf import calibration, report
+from s2dnas_tf.models import build_model
+from tests import helpers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -155,13 +156,7 @@ def test_train_dynamic_end_to_end_tiny(tmp_path):
     """The fast tier's run of train_dynamic.py (the slow test below also trains the base
     and checks accuracies): a few steps of a 2-stage net from an untrained base, then
     calibration, the report and the exports, every file in place."""
-    splits = data.load_dataset(data.DataConfig(name="digits"))
-    mean, variance = splits.channel_stats()
-    base = with_input_normalization(
-        build_model("resnet8", input_shape=splits.image_shape, width_multiplier=0.5),
-        mean, variance,
-    )
-    base.save(tmp_path / "base.keras")
+    helpers.save_tiny_digits_base(tmp_path / "base.keras")
     run_dir = tmp_path / "dynamic"
     result = _run("train_dynamic.py", f"--base_model={tmp_path / 'base.keras'}",
                   "--num_stages=2", "--epochs=1", "--steps_per_epoch=2", "--batch_size=32",
@@ -184,13 +179,7 @@ def test_train_dynamic_calibrates_for_a_tflite_time_budget(tmp_path, monkeypatch
     """--cost=tflite --latency_budget: the thresholds meet a budget of predicted TFLite time
     on validation, and the report says so (its "cost" entry, report.md)."""
     monkeypatch.setenv("S2DNAS_CACHE_DIR", str(tmp_path / "cache"))
-    splits = data.load_dataset(data.DataConfig(name="digits"))
-    mean, variance = splits.channel_stats()
-    base = with_input_normalization(
-        build_model("resnet8", input_shape=splits.image_shape, width_multiplier=0.5),
-        mean, variance,
-    )
-    base.save(tmp_path / "base.keras")
+    helpers.save_tiny_digits_base(tmp_path / "base.keras")
     run_dir = tmp_path / "dynamic"
     args = [f"--base_model={tmp_path / 'base.keras'}", "--num_stages=2", "--epochs=1",
             "--steps_per_epoch=2", "--batch_size=32", f"--output_dir={run_dir}",

@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from s2dnas_tf import data, search
-from s2dnas_tf.models import build_model, with_input_normalization
+from s2dnas_tf import search
+from tests import helpers
 from s2dnas_tf.space import SearchSpace
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -69,13 +69,7 @@ def test_too_few_architectures_within_the_budget_exit_2(tmp_path):
 
 @pytest.mark.slow
 def test_trains_the_spread_and_writes_the_ranking(tmp_path):
-    splits = data.load_dataset(data.DataConfig(name="digits"))
-    mean, variance = splits.channel_stats()
-    base = with_input_normalization(
-        build_model("resnet8", input_shape=splits.image_shape, width_multiplier=0.5),
-        mean, variance,
-    )
-    base.save(tmp_path / "base.keras")
+    base = helpers.save_tiny_digits_base(tmp_path / "base.keras")
     space = SearchSpace.from_model(base, num_stages=2)
     tokens = []
     for seed in range(20):
