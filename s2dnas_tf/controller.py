@@ -6,7 +6,10 @@ embedding table per decision kind, since a "fraction" 3 and a "concat" 3 mean di
 things), and one softmax head per kind ("fraction", "concat") turns its output into a
 distribution over that position's values. A `valid_choices(prefix)` function (e.g.
 `SearchSpace.valid_choices`) masks values the space forbids: their logits become -inf before
-the softmax, so they are never sampled and carry no probability mass.
+the softmax, so they are never sampled and carry no probability mass. An optional fixed
+`log_prior` per position is added to the logits: with `SearchSpace.token_log_prior` the
+untrained policy draws architectures uniformly over the space, as random search does, and
+training moves it from there.
 
 Training is REINFORCE with a moving-average baseline and an entropy bonus (`reinforce_loss`),
 one Adam step per batch of sampled architectures (`Controller.update`). Optionally
@@ -182,6 +185,7 @@ class Controller:
         token_kinds: Sequence[str],
         token_choices: Sequence[int],
         config: ControllerConfig | None = None,
+        log_prior: Sequence[Sequence[float]] | None = None,
     ):
         """Builds every variable eagerly.
 
@@ -189,10 +193,15 @@ class Controller:
             token_kinds: The decision kind ("fraction" or "concat") of each token position.
             token_choices: The number of values (>= 1) at each position.
             config: Settings; `ControllerConfig()` when None.
+            log_prior: None, or per position token_choices[pos] finite log-weights added to
+                the (temperature-divided) logits everywhere, fixed, not trained: the policy
+                starts near the distribution they define (e.g. `SearchSpace.token_log_prior`,
+                random search's) instead of uniform tokens, and learns the difference.
 
         Raises:
             ValueError: For empty or mismatched token_kinds / token_choices, an unknown kind,
-                a non-positive number of choices or a bad config.
+                a non-positive number of choices, a log_prior of other lengths or with
+                non-finite values, or a bad config.
         """
         config = ControllerConfig() if config is None else config
         config.validate()
@@ -221,6 +230,15 @@ class Controller:
             k: max(n for kk, n in zip(token_kinds, self.token_choices) if kk == k)
             for k in self.kinds
         }
+        self.log_prior = self._check_prior(log_prior)
+        # The prior padded to each position's head width (values past token_choices are
+        # masked anyway), float32 for the compiled evaluation.
+        self._bias = []
+        for pos, kind in enumerate(token_kinds):
+            bias = np.zeros(self.kind_choices[kind], np.float32)
+            if self.log_prior is not None:
+                bias[: self.token_choices[pos]] = self.log_prior[pos]
+            self._bias.append(bias)
 
         # Explicit integer seeds: an unseeded Keras initializer would draw its seed from the
         # global Python `random` module, disturbing (and depending on) the caller's state.
@@ -273,6 +291,26 @@ class Controller:
     @property
     def num_tokens(self) -> int:
         return len(self.token_kinds)
+
+    def _check_prior(self, log_prior) -> list[list[float]] | None:
+        if log_prior is None:
+            return None
+        rows = list(log_prior)
+        if len(rows) != len(self.token_choices):
+            raise ValueError(
+                f"log_prior must have one row per token position ({len(self.token_choices)}). "
+                f"Received: {len(rows)} rows"
+            )
+        checked = []
+        for pos, (row, n) in enumerate(zip(rows, self.token_choices)):
+            row = np.asarray(row, dtype=np.float64)
+            if row.shape != (n,) or not np.all(np.isfinite(row)):
+                raise ValueError(
+                    f"log_prior[{pos}] must be {n} finite numbers (one per value of token "
+                    f"{pos}). Received: {np.asarray(log_prior[pos]).tolist()}"
+                )
+            checked.append([float(v) for v in row])
+        return checked
 
     # --- the policy ----------------------------------------------------------------------
 
@@ -343,7 +381,7 @@ class Controller:
         for pos in range(self.num_tokens):
             logits, h, c = self._single_step(pos, tokens, h, c)
             mask = self._mask(pos, tokens, valid_choices)
-            log_p = self._masked_log_softmax(logits.numpy()[0], mask)
+            log_p = self._masked_log_softmax(logits.numpy()[0] + self._bias[pos], mask)
             allowed = np.flatnonzero(mask)
             # Inverse CDF over the allowed values: one uniform draw per token.
             cdf = np.cumsum(np.exp(log_p[allowed]))
@@ -408,6 +446,7 @@ class Controller:
             prev_kind = self.token_kinds[pos - 1] if pos else None
             prev_tokens = tokens[:, pos - 1] if pos else tokens[:, 0]
             logits, h, c = self._step(prev_kind, self.token_kinds[pos], prev_tokens, h, c)
+            logits += self._bias[pos]
             mask = tf.convert_to_tensor(masks[pos], tf.bool)
             # A large negative number instead of -inf keeps 0 * log(0) out of the entropy.
             log_p = tf.nn.log_softmax(tf.where(mask, logits, -1e9))
@@ -510,7 +549,7 @@ class Controller:
         for pos in range(self.num_tokens):
             logits, h, c = self._single_step(pos, tokens, h, c)
             mask = self._mask(pos, tokens, valid_choices)
-            probs = np.exp(self._masked_log_softmax(logits.numpy()[0], mask))
+            probs = np.exp(self._masked_log_softmax(logits.numpy()[0] + self._bias[pos], mask))
             distributions.append(probs[: self.token_choices[pos]])
             tokens.append(int(np.argmax(probs)))
         return tokens, distributions
@@ -535,6 +574,7 @@ class Controller:
             "format": STATE_FORMAT,
             "token_kinds": list(self.token_kinds),
             "token_choices": list(self.token_choices),
+            "log_prior": self.log_prior,
             "config": dataclasses.asdict(self.config),
             "weights": [v.numpy().tolist() for v in self.trainable_variables],
             "optimizer": [np.asarray(v.numpy()).tolist() for v in self.optimizer.variables],
@@ -564,6 +604,13 @@ class Controller:
                 f"The state is for token_kinds={state['token_kinds']}, "
                 f"token_choices={state['token_choices']}; this controller has "
                 f"token_kinds={self.token_kinds}, token_choices={self.token_choices}"
+            )
+        # Absent from states saved before priors existed: those controllers had none.
+        if state.get("log_prior") != self.log_prior:
+            raise ValueError(
+                "The state was trained with another log_prior (a policy's logits only mean "
+                f"the same with the same prior). State: {state.get('log_prior')}; this "
+                f"controller: {self.log_prior}"
             )
         for name, variables in (
             ("weights", self.trainable_variables),
@@ -604,9 +651,10 @@ class Controller:
         token_kinds: Sequence[str],
         token_choices: Sequence[int],
         config: ControllerConfig | None = None,
+        log_prior: Sequence[Sequence[float]] | None = None,
     ) -> "Controller":
-        """A controller built from `token_kinds`, `token_choices`, `config` with the state
-        saved at `path`.
+        """A controller built from `token_kinds`, `token_choices`, `config`, `log_prior` with
+        the state saved at `path`.
 
         Raises:
             FileNotFoundError: If `path` does not exist.
@@ -614,7 +662,7 @@ class Controller:
         """
         with open(path) as f:
             state = json.load(f)
-        controller = cls(token_kinds, token_choices, config)
+        controller = cls(token_kinds, token_choices, config, log_prior)
         controller.set_state(state)
         return controller
 

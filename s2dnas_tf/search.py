@@ -159,6 +159,10 @@ class SearchConfig:
         reject_idle_stages: Treat an arch with a stage that only repeats an earlier exit
             (`SearchSpace.idle_stages`) as inadmissible, so every stage of the chosen net
             adds channels.
+        space_prior: rl: the controller starts from random search's distribution over the
+            space (`SearchSpace.token_log_prior` added to its logits) instead of uniform
+            tokens, which draw wide first stages far more often than the space holds them
+            (many over a FLOPs budget). A run resumes only with the setting it began with.
     """
 
     searcher: str = "rl"
@@ -169,6 +173,7 @@ class SearchConfig:
     inadmissible_reward: float = 0.0
     max_rejections_factor: int = 200
     reject_idle_stages: bool = False
+    space_prior: bool = True
 
     def validate(self) -> None:
         if self.searcher not in SEARCHERS:
@@ -269,7 +274,10 @@ def run_search(
     controller = None
     if config.searcher == "rl":
         cfg = controller_config or controller_lib.ControllerConfig(seed=config.seed)
-        controller = controller_lib.Controller(space.token_kinds(), space.token_choices(), cfg)
+        controller = controller_lib.Controller(
+            space.token_kinds(), space.token_choices(), cfg,
+            log_prior=space.token_log_prior() if config.space_prior else None,
+        )
         if os.path.exists(state_path):
             with open(state_path) as f:
                 saved = json.load(f)

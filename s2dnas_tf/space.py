@@ -272,6 +272,29 @@ class SearchSpace:
         low = prefix[pos - self.num_groups] if pos >= self.num_groups else 0
         return list(range(low, self.grid))
 
+    def token_log_prior(self) -> list[np.ndarray]:
+        """Per token position, log-weights over its values under which a left-to-right
+        sampler restricted to `valid_choices` draws every architecture with the same
+        probability, as `sample` does.
+
+        A group's fractions are a non-decreasing sequence over the grid; value v at stage r
+        leaves C(grid - v + m - 1, m) ways to finish it (m = num_stages - 1 - r stages left),
+        whatever came before, so log of that count is the weight (the last stage's is 0).
+        Concat tokens are unconstrained: weight 0. A controller that adds these to its logits
+        (`Controller(log_prior=...)`) starts from random search's distribution, not from
+        uniform tokens, which favour wide first stages.
+        """
+        prior = []
+        for pos, kind in enumerate(self.token_kinds()):
+            if kind == "concat":
+                prior.append(np.zeros(self.num_groups))
+                continue
+            left = self.num_stages - 2 - pos // self.num_groups
+            prior.append(np.log([
+                float(math.comb(self.grid - v + left - 1, left)) for v in range(self.grid)
+            ]))
+        return prior
+
     @property
     def size(self) -> int:
         """Number of distinct architectures."""

@@ -297,3 +297,105 @@ def test_update_rejects_bad_batches():
     with pytest.raises(ValueError, match="non-empty subset"):
         controller.sample(lambda prefix: [])
     assert controller.step == 0 and controller.baseline is None
+
+
+# --- the space's prior ----------------------------------------------------------------------
+
+
+def _space(num_stages=3):
+    from s2dnas_tf.models import build_model
+    from s2dnas_tf.space import SearchSpace
+
+    return SearchSpace.from_model(build_model("resnet8", input_shape=(8, 8, 1)),
+                                  num_stages=num_stages)
+
+
+def _prior_probability(space, tokens):
+    """The probability a left-to-right sampler of softmax(prior) over valid_choices gives."""
+    prior = space.token_log_prior()
+    p = 1.0
+    for pos, token in enumerate(tokens):
+        allowed = space.valid_choices(tokens[:pos])
+        weights = np.exp([prior[pos][v] for v in allowed])
+        p *= weights[allowed.index(token)] / weights.sum()
+    return p
+
+
+@pytest.mark.parametrize("num_stages", [2, 3, 4])
+def test_token_log_prior_draws_every_architecture_alike(num_stages):
+    """Sampled left to right through valid_choices, the prior gives each of one group's
+    fraction sequences the same probability (so, with the free concat tokens, every
+    architecture 1 / space.size, as space.sample draws them)."""
+    import itertools
+
+    space = _space(num_stages)
+    prior = space.token_log_prior()
+    assert [len(p) for p in prior] == space.token_choices()
+    g = space.num_groups
+    # Group 0's fraction positions are 0, g, 2g, ...; the other groups' are alike.
+    sequences = list(itertools.combinations_with_replacement(range(space.grid), num_stages - 1))
+    probabilities = []
+    for seq in sequences:
+        p = 1.0
+        for r, value in enumerate(seq):
+            low = seq[r - 1] if r else 0
+            weights = np.exp(prior[r * g][low:])
+            p *= weights[value - low] / weights.sum()
+        probabilities.append(p)
+    np.testing.assert_allclose(probabilities, 1 / len(sequences), rtol=1e-9)
+    arch = space.sample(3)
+    assert _prior_probability(space, arch.tokens) == pytest.approx(1 / space.size, rel=1e-9)
+
+
+def test_controller_with_the_prior_starts_near_random_search():
+    """With the space's prior the untrained controller gives thin first stages the weight
+    the space gives them (random search's); uniform tokens give them far less."""
+    space = _space()
+    kinds, choices = space.token_kinds(), space.token_choices()
+    withp = Controller(kinds, choices, ControllerConfig(seed=1), space.token_log_prior())
+    without = Controller(kinds, choices, ControllerConfig(seed=1))
+    first = [withp.probabilities(space.valid_choices)[0],
+             without.probabilities(space.valid_choices)[0]]
+    target = np.arange(space.grid, 0, -1) / np.arange(space.grid, 0, -1).sum()
+    # The untrained heads' logits are small but not zero: near, not equal.
+    assert np.abs(first[0] - target).max() < 0.05
+    assert np.abs(first[1] - target).max() > 0.08  # uniform: 1/8 each
+    # Sampling and teacher forcing agree on the prior-shifted policy.
+    samples = [withp.sample(space.valid_choices) for _ in range(4)]
+    log_probs, _ = withp.log_prob([t for t, _ in samples], space.valid_choices)
+    np.testing.assert_allclose(log_probs.numpy(), [lp for _, lp in samples], rtol=1e-4)
+
+
+def test_prior_is_kept_in_the_state_and_checked():
+    prior = [np.linspace(0, 1, n) for n in CHOICES]
+    original = Controller(KINDS, CHOICES, ControllerConfig(seed=2), prior)
+    _run(original, 2)
+    state = json.loads(json.dumps(original.get_state()))
+    restored = Controller(KINDS, CHOICES, ControllerConfig(seed=2), prior)
+    restored.set_state(state)
+    assert _run(restored, 2) == _run(original, 2)
+    with pytest.raises(ValueError, match="another log_prior"):
+        Controller(KINDS, CHOICES).set_state(state)
+    with pytest.raises(ValueError, match="another log_prior"):
+        Controller(KINDS, CHOICES, log_prior=prior).set_state(Controller(KINDS, CHOICES).get_state())
+
+
+def test_prior_that_decides_alone():
+    """A prior far larger than the logits picks its value: it is really added."""
+    prior = [np.where(np.arange(n) == min(pos, n - 1) % n, 50.0, 0.0) for pos, n in
+             enumerate(CHOICES)]
+    controller = Controller(KINDS, CHOICES, log_prior=prior)
+    tokens, _ = controller.sample()
+    assert tokens == [min(pos, n - 1) for pos, n in enumerate(CHOICES)]
+
+
+def test_constructor_rejects_a_bad_prior():
+    with pytest.raises(ValueError, match="one row per token position \\(8\\). Received: 7"):
+        Controller(KINDS, CHOICES, log_prior=[np.zeros(n) for n in CHOICES[:-1]])
+    bad = [np.zeros(n) for n in CHOICES]
+    bad[6] = np.zeros(2)
+    with pytest.raises(ValueError, match="log_prior\\[6\\] must be 3 finite numbers"):
+        Controller(KINDS, CHOICES, log_prior=bad)
+    bad[6] = np.array([0.0, -np.inf, 0.0])
+    with pytest.raises(ValueError, match="log_prior\\[6\\]"):
+        Controller(KINDS, CHOICES, log_prior=bad)

@@ -184,6 +184,10 @@ def test_rl_beats_random_on_a_known_landscape(tmp_path, space):
         if searcher == "rl":  # an update per batch of 8 (cached ones too); the policy narrows
             entropy = [u["entropy"] for u in summary["updates"]]
             assert len(entropy) >= 8 and entropy[-1] < entropy[0] / 2, entropy
+            # It started from the space's prior (SearchConfig.space_prior's default).
+            state = json.loads((tmp_path / searcher / "controller.json").read_text())
+            assert state["controller"]["log_prior"] == [
+                list(row) for row in space.token_log_prior()]
         else:
             assert summary["updates"] == []
     assert results["rl"][1] > results["random"][1], results
