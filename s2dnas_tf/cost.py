@@ -178,7 +178,8 @@ class OpTimeTable:
         # Weights as constants, as the export's SavedModel route leaves them: converted with
         # variables, TFLite keeps READ_VARIABLE ops and a conv is ~3x slower (measured).
         frozen = convert_variables_to_constants_v2(fn.get_concrete_function(*specs))
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+        # The model as trackable_obj: without one the converter warns once per op timed.
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen], model)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         content = converter.convert()
         interpreter = Interpreter(model_content=content, num_threads=self.threads)
