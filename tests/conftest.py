@@ -4,6 +4,13 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# Under `-n N` (N >= 2) each worker's TensorFlow, and the scripts it starts, use one thread
+# per op pool: N workers already fill N cores, and pools sized to every core in every worker
+# spend the run switching between threads. Set before TensorFlow loads; an explicit setting
+# (e.g. a script's --latency_threads) still wins.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) >= 2:
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
 
 import pathlib
 
