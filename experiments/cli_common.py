@@ -73,8 +73,9 @@ def _fraction(v):
 
 
 # The data.
-_flag(flags.DEFINE_enum, "dataset", "digits", "Dataset. digits ships with scikit-learn (no "
-      "download).", enum_values=["digits", "cifar10", "cifar100", "image_folder"])
+_flag(flags.DEFINE_enum, "dataset", "digits", "Dataset. digits and digits_overlap (digits "
+      "with a fainter second digit drawn over each) ship with scikit-learn (no download).",
+      enum_values=["digits", "digits_overlap", "cifar10", "cifar100", "image_folder"])
 _flag(flags.DEFINE_string, "data_dir", None,
       "Folder of the dataset (cifar batches / image folder).",
       lambda v: v is None or os.path.isdir(v), "--data_dir must be an existing folder.")
@@ -350,7 +351,7 @@ def train_config(values, **overrides):
         batch_size=values["batch_size"],
         learning_rate=values["learning_rate"],
         # The CIFAR crop/flip would shift an 8x8 digit by half its size and mirror glyphs.
-        augment=values["augment"] and values["dataset"] != "digits",
+        augment=values["augment"] and not values["dataset"].startswith("digits"),
         strategy=values["strategy"],
         steps_per_epoch=values["steps_per_epoch"],
         seed=values["seed"],

@@ -113,6 +113,49 @@ def test_digits_split_is_deterministic_and_test_set_fixed():
     ) | _rows(c.x_val, c.y_val)
 
 
+def test_digits_overlap_is_each_digit_plus_a_fainter_one_of_another_class():
+    """Same split and labels as digits; each image is its digit plus between 0 and 0.8 of a
+    digit of another class from the same split (test images only from test digits); the
+    same images every run, whatever the seed."""
+    pytest.importorskip("sklearn")
+    from s2dnas_tf.data import digits as digits_lib
+
+    config = DataConfig(name="digits_overlap")
+    (plain_tr, y_tr), (plain_te, y_te), _ = digits_lib.load_digits(config)
+    (over_tr, y_tr2), (over_te, y_te2), _ = digits_lib.load_digits_overlap(config)
+    np.testing.assert_array_equal(y_tr, y_tr2)
+    np.testing.assert_array_equal(y_te, y_te2)
+    for plain, over, labels in ((plain_tr, over_tr, y_tr), (plain_te, over_te, y_te)):
+        assert over.shape == plain.shape and over.max() <= 255 and np.all(over >= plain)
+        flat_plain = plain.reshape(len(plain), -1)
+        for i in range(0, len(over), 97):  # the overlay is some other-class image of the split
+            added = (over[i] - plain[i]).reshape(-1)
+            if not added.any():
+                continue
+            unclipped = over[i].reshape(-1) < 255
+            found = False
+            for j in np.flatnonzero(labels != labels[i]):
+                partner = flat_plain[j]
+                k = np.flatnonzero(unclipped & (partner > 0))
+                if len(k) == 0:
+                    continue
+                alpha = added[k[0]] / partner[k[0]]
+                if 0 < alpha <= 0.8 and np.allclose(added[unclipped], alpha * partner[unclipped],
+                                                     atol=1e-3):
+                    found = True
+                    break
+            assert found, i
+    strengths = (over_te - plain_te).sum(axis=(1, 2, 3))
+    assert np.mean(strengths > 0) > 0.95  # nearly every image has a visible overlay
+    splits = load_dataset(config)
+    again = load_dataset(DataConfig(name="digits_overlap", seed=3))
+    assert splits.name == "digits_overlap" and splits.image_shape == (8, 8, 1)
+    np.testing.assert_array_equal(splits.x_test, again.x_test)
+    np.testing.assert_allclose(splits.x_test, over_te, rtol=1e-6)  # as float32
+    with pytest.raises(ValueError, match="digits_overlap dataset ships with scikit-learn"):
+        load_dataset(DataConfig(name="digits_overlap", data_dir="/tmp"))
+
+
 def test_digits_without_scikit_learn_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)

@@ -8,8 +8,11 @@ and no pipeline, script or server has to repeat the preprocessing. Nothing in th
 package normalises.
 
 Datasets (`DataConfig.name`), one module each:
-- `"digits"` (default, `digits`): scikit-learn's bundled handwritten digits, 8x8x1, so
-  the quickstart runs with no download.
+- `"digits"` (default, `digits`): scikit-learn's bundled handwritten digits, 8x8x1, no
+  download.
+- `"digits_overlap"` (`digits`): the same digits, each with a fainter digit of another
+  class drawn over it (fixed seed): harder, some images more than others, so early exits
+  have work to do; the quickstart's dataset.
 - `"cifar10"` / `"cifar100"` (`cifar`): the python-batches layout in `data_dir`, or a
   `keras.datasets` download with `data_dir=None`.
 - `"image_folder"` (`image_folder`): `data_dir/train/<class>/*.{jpg,jpeg,png}` and

@@ -15,15 +15,16 @@ import numpy as np
 
 from s2dnas_tf.data.cifar import load_cifar10, load_cifar100
 from s2dnas_tf.data.config import DataConfig, is_int
-from s2dnas_tf.data.digits import load_digits
+from s2dnas_tf.data.digits import load_digits, load_digits_overlap
 from s2dnas_tf.data.image_folder import load_image_folder
 from s2dnas_tf.data.splits import Splits, first_per_class, stratified_split
 
-DATASET_NAMES = ("digits", "cifar10", "cifar100", "image_folder")
+DATASET_NAMES = ("digits", "digits_overlap", "cifar10", "cifar100", "image_folder")
 # Each source returns ((x_train, y_train), (x_test, y_test), class_names): raw pixels
 # (float32 or uint8, NHWC, 0..255) and int labels; `load_dataset` does the rest.
 _LOADERS: dict[str, Callable[[DataConfig], Any]] = {
     "digits": load_digits,
+    "digits_overlap": load_digits_overlap,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "image_folder": load_image_folder,
@@ -44,7 +45,7 @@ def load_dataset(config: DataConfig) -> Splits:
             [0, 1), limit < 1, ...) or the data is unreadable or inconsistent; the
             message names the file.
         FileNotFoundError: If a folder or file of the layout is missing.
-        ImportError: For `digits` without scikit-learn installed.
+        ImportError: For `digits` / `digits_overlap` without scikit-learn installed.
         RuntimeError: If a `keras.datasets` download fails.
     """
     _check_config(config)
@@ -95,9 +96,9 @@ def _check_config(config: DataConfig) -> None:
         raise ValueError(
             f"Expected `seed` to be an integer >= 0. Received: seed={config.seed!r}"
         )
-    if config.name == "digits" and config.data_dir is not None:
+    if config.name in ("digits", "digits_overlap") and config.data_dir is not None:
         raise ValueError(
-            "The digits dataset ships with scikit-learn and reads no folder; pass "
+            f"The {config.name} dataset ships with scikit-learn and reads no folder; pass "
             f"data_dir=None. Received: data_dir={config.data_dir!r}"
         )
     if config.name == "image_folder" and config.data_dir is None:
