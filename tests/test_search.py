@@ -522,6 +522,7 @@ def test_quickstart_end_to_end(tmp_path):
     # answer some (on plain digits stage 1 answered all of them).
     exits = report["dynamic"]["exit_fractions"]
     assert exits[0] >= 0.5 and sum(exits[1:]) >= 0.03, exits
+    assert len(report["curve"]) >= 3
     # Scored from the supernet, kept in the run directory, in well under a second each.
     assert (out / "supernet" / "supernet.keras").exists()
     assert report["search"]["seconds_per_candidate"] < 5
@@ -536,11 +537,13 @@ def test_quickstart_end_to_end(tmp_path):
     for record in records:
         plan = rewriter.plan(space, space.decode(record["tokens"]))
         assert plan.stage_flops()[0] / static <= 0.15, record["tokens"]
-    # The net trained and reported is the log's best-rewarded candidate.
+    # The net trained and reported is the log's best-rewarded candidate, every stage of it
+    # adding channels (--reject_idle_stages).
     best = max(records, key=lambda r: r["reward"])
     arch = json.loads((out / "arch.json").read_text())
     assert arch["tokens"] == best["tokens"] and report["arch"]["tokens"] == best["tokens"]
     assert report["search"]["best_reward"] == best["reward"]
+    assert space.idle_stages(space.decode(best["tokens"])) == []
     print(f"quickstart wall time {seconds:.0f} s")
     # Its exported models, timed one image at a time (measured, never asserted fast).
     timed = subprocess.run(

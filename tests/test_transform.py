@@ -27,9 +27,10 @@ def test_reference_models(name):
     helpers.run_transform_invariants_test(model)
 
 
-# The full invariants (stage independence included) on two keras.applications families; all 15
-# families are transformed, checked for live weights and exported in test_applications.py.
-APPLICATIONS = ["MobileNetV2", "MobileNetV3Small"]
+# The full invariants (stage independence included) on keras.applications families (and
+# MobileNetV3Small below, with its conv classifier); all 15 families are transformed and
+# checked for live weights in test_applications.py.
+APPLICATIONS = ["MobileNetV2"]
 
 
 @pytest.mark.slow
