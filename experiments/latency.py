@@ -37,11 +37,11 @@ flags.register_validator("threads", lambda v: v >= 1, "--threads must be >= 1.")
 
 def main(argv):
     del argv
+    cli_common.start_tensorflow(None, threads=FLAGS.threads)  # quiet start, op pools sized
     import keras
 
     from s2dnas_tf import data, export, fileio, latency
 
-    latency.set_tf_threads(FLAGS.threads)
     run = FLAGS.run_dir
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)

@@ -294,7 +294,8 @@ def run_search(
         samples = rejected = 0
         updates = []
     if search_log.records:
-        log(f"resuming: {len(search_log.records)} architectures already evaluated")
+        count = len(search_log.records)
+        log(f"resuming: {count} architecture{'' if count == 1 else 's'} already evaluated")
     max_samples = config.max_samples_factor * config.num_candidates
     max_rejected = config.max_rejections_factor * config.num_candidates
     verdicts: dict[tuple, bool] = {}  # tokens -> admissible

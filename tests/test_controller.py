@@ -377,7 +377,8 @@ def test_prior_is_kept_in_the_state_and_checked():
     with pytest.raises(ValueError, match="another log_prior"):
         Controller(KINDS, CHOICES).set_state(state)
     with pytest.raises(ValueError, match="another log_prior"):
-        Controller(KINDS, CHOICES, log_prior=prior).set_state(Controller(KINDS, CHOICES).get_state())
+        plain = Controller(KINDS, CHOICES).get_state()
+        Controller(KINDS, CHOICES, log_prior=prior).set_state(plain)
 
 
 def test_prior_that_decides_alone():

@@ -47,6 +47,22 @@ def _write_log(path, records):
         f.write('{"torn": ')  # a killed search's last line
 
 
+def test_pick_spread_takes_the_nearest_unpicked_to_evenly_spaced_rewards():
+    code = (
+        "import json, sys; sys.path.insert(0, 'experiments'); import search_ranking; "
+        "c = [{'tokens': [k], 'reward': r} for k, r in "
+        "enumerate([0.2, 0.21, 0.5, 0.52, 0.8, 0.79, 0.35])]; "
+        "print(json.dumps([[x['tokens'][0] for x in search_ranking.pick_spread(c, n)] "
+        "for n in (2, 3, 4)]))"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # 2: 0.2 and 0.8; 3: and 0.5; 4 (0.2, 0.4, 0.6, 0.8): 0.35 nearest 0.4, 0.52 nearest 0.6.
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [[0, 4], [0, 2, 4], [0, 6, 3, 4]]
+
+
 def test_bad_search_dir_exits_2(tmp_path):
     result = _run(f"--base_model={BASE}", f"--search_dir={tmp_path / 'none'}",
                   f"--output_dir={tmp_path / 'out'}")
@@ -89,13 +105,15 @@ def test_trains_the_spread_and_writes_the_ranking(tmp_path):
     ])
     out = tmp_path / "ranking"
     result = _run(f"--base_model={tmp_path / 'base.keras'}", f"--search_dir={tmp_path / 'search'}",
-                  f"--output_dir={out}", "--num_stages=2", "--num_archs=3", "--epochs=1",
+                  f"--output_dir={out}", "--num_stages=2", "--num_archs=2", "--epochs=1",
                   "--steps_per_epoch=2", "--batch_size=32", "--verbose=0")
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((out / "trained_archs.json").read_text())
-    # Evenly spaced over [0.2, 0.8]: the lowest, the middle and the highest.
-    assert [t["tokens"] for t in trained] == [tokens[0], tokens[2], tokens[4]]
-    assert [t["supernet_score"] for t in trained] == pytest.approx([0.2, 0.5, 0.8])
+    # Two evenly spaced over [0.2, 0.8]: the lowest and the highest (not the 0.99 repeat,
+    # whose first record counts, nor the 1.0 over the budget). What three or more evenly
+    # spaced values pick is checked by test_pick_spread_takes_the_nearest_unpicked_...
+    assert [t["tokens"] for t in trained] == [tokens[0], tokens[4]]
+    assert [t["supernet_score"] for t in trained] == pytest.approx([0.2, 0.8])
     for k, t in enumerate(trained):
         report = json.loads((out / f"arch{k}" / "report.json").read_text())
         assert t["trained_accuracy"] == report["dynamic"]["accuracy"]
@@ -103,7 +121,7 @@ def test_trains_the_spread_and_writes_the_ranking(tmp_path):
     assert "Kendall tau" in result.stdout
     # Started again: the finished trainings are read back, not redone.
     again = _run(f"--base_model={tmp_path / 'base.keras'}", f"--search_dir={tmp_path / 'search'}",
-                 f"--output_dir={out}", "--num_stages=2", "--num_archs=3", "--epochs=1",
+                 f"--output_dir={out}", "--num_stages=2", "--num_archs=2", "--epochs=1",
                  "--steps_per_epoch=2", "--batch_size=32", "--verbose=0")
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "trained_archs.json").read_text()) == trained
