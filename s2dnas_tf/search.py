@@ -183,6 +183,10 @@ class SearchConfig:
                 "num_candidates and batch_size must be >= 1. Received: "
                 f"num_candidates={self.num_candidates!r}, batch_size={self.batch_size!r}"
             )
+        if not isinstance(self.space_prior, bool):
+            raise TypeError(
+                f"space_prior must be True or False. Received: space_prior={self.space_prior!r}"
+            )
 
 
 class SearchLog:

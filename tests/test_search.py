@@ -280,6 +280,8 @@ def test_first_stage_flops_cap(space):
 def test_search_config_validation():
     with pytest.raises(ValueError, match="searcher must be one of"):
         search.SearchConfig(searcher="evolution").validate()
+    with pytest.raises(TypeError, match="space_prior must be True or False"):
+        search.SearchConfig(space_prior="yes").validate()
 
 
 # --- the evaluator and the runs (s2dnas_tf.evaluators, s2dnas_tf.runs) -----------------------
