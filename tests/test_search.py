@@ -587,6 +587,8 @@ def test_quickstart_end_to_end(tmp_path):
         assert [m is not None for m in by_exit] == [f > 0 for f in latency["exit_fractions"]][
             : len(by_exit)]
     assert "dynamic median by exit stage" in timed.stdout
+    for line in ("oneDNN", "cuda", "InitializeLog"):  # TensorFlow started quietly
+        assert line not in timed.stderr, timed.stderr[-2000:]
     # export/export_run.py: SavedModel + float and int8 TFLite, with the int8 cost stated.
     exported = tmp_path / "served"
     args = [sys.executable, str(ROOT / "export" / "export_run.py"), f"--run_dir={out}",
