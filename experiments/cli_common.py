@@ -276,6 +276,14 @@ def resolved_flags() -> dict:
     return {name: FLAGS[name].value for name in sorted(names)}
 
 
+def _no_retracing_notice(record) -> bool:
+    """Drops TensorFlow's "N out of the last M calls ... triggered tf.function retracing"
+    warning. It is meant for a loop that creates tf.functions by mistake; the tools predict
+    with a new Keras model per candidate and per stage by design, each with its own predict
+    function, and the notice would only alarm users."""
+    return "triggered tf.function retracing" not in record.getMessage()
+
+
 def start_tensorflow(count, threads: int | None = None) -> None:
     """Starts TensorFlow, its CPU split into `count` logical devices (none: as it is) and,
     with `threads`, its op pools that size (`latency.set_tf_threads`' setting).
@@ -307,6 +315,7 @@ def start_tensorflow(count, threads: int | None = None) -> None:
         # TensorFlow's Python INFO lines (SavedModel writing, signature renames) too; some of
         # its modules log through absl directly.
         tf.get_logger().setLevel("WARNING")
+        tf.get_logger().addFilter(_no_retracing_notice)
         absl_logging.set_verbosity(absl_logging.WARNING)
     finally:
         os.dup2(saved, 2)
