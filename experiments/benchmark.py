@@ -495,7 +495,7 @@ def main(argv):
     else:
         _say(f"static: training {FLAGS.model} here ({why})")
         recipe = {"model": FLAGS.model, "epochs": FLAGS.base_epochs,
-                  "learning_rate": FLAGS.base_learning_rate, "augment": not FLAGS.dataset.startswith("digits")}
+                  "learning_rate": FLAGS.base_learning_rate, "augment": FLAGS.dataset not in data.DIGITS_DATASETS}
         base_path = os.path.join(out, "static", "model.keras")
         if not os.path.isfile(base_path):
             try:

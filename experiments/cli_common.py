@@ -353,14 +353,13 @@ def run_data_config(config: dict):
 def train_config(values, **overrides):
     """The TrainConfig of the training flags, with `overrides` (its output_dir is the
     run's to set)."""
-    from s2dnas_tf import training
+    from s2dnas_tf import data, training
 
     fields = dict(
         epochs=values["epochs"],
         batch_size=values["batch_size"],
         learning_rate=values["learning_rate"],
-        # The CIFAR crop/flip would shift an 8x8 digit by half its size and mirror glyphs.
-        augment=values["augment"] and not values["dataset"].startswith("digits"),
+        augment=values["augment"] and values["dataset"] not in data.DIGITS_DATASETS,
         strategy=values["strategy"],
         steps_per_epoch=values["steps_per_epoch"],
         seed=values["seed"],

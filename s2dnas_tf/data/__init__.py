@@ -38,11 +38,12 @@ The public names are those in `__all__`; the submodules' other names are interna
 
 from s2dnas_tf.data.config import DataConfig
 from s2dnas_tf.data.splits import Splits, check_num_classes
-from s2dnas_tf.data.loading import DATASET_NAMES, load_dataset
+from s2dnas_tf.data.loading import DATASET_NAMES, DIGITS_DATASETS, load_dataset
 from s2dnas_tf.data.pipelines import make_dataset
 
 __all__ = [
     "DATASET_NAMES",
+    "DIGITS_DATASETS",
     "DataConfig",
     "Splits",
     "check_num_classes",

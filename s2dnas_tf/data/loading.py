@@ -20,6 +20,9 @@ from s2dnas_tf.data.image_folder import load_image_folder
 from s2dnas_tf.data.splits import Splits, first_per_class, stratified_split
 
 DATASET_NAMES = ("digits", "digits_overlap", "cifar10", "cifar100", "image_folder")
+# The built-in 8x8 glyph sets: no folder to read, and never augmented (the CIFAR crop would
+# shift a digit by half its size, a flip would make another glyph).
+DIGITS_DATASETS = ("digits", "digits_overlap")
 # Each source returns ((x_train, y_train), (x_test, y_test), class_names): raw pixels
 # (float32 or uint8, NHWC, 0..255) and int labels; `load_dataset` does the rest.
 _LOADERS: dict[str, Callable[[DataConfig], Any]] = {
@@ -96,7 +99,7 @@ def _check_config(config: DataConfig) -> None:
         raise ValueError(
             f"Expected `seed` to be an integer >= 0. Received: seed={config.seed!r}"
         )
-    if config.name in ("digits", "digits_overlap") and config.data_dir is not None:
+    if config.name in DIGITS_DATASETS and config.data_dir is not None:
         raise ValueError(
             f"The {config.name} dataset ships with scikit-learn and reads no folder; pass "
             f"data_dir=None. Received: data_dir={config.data_dir!r}"
