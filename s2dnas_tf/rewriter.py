@@ -99,7 +99,9 @@ class _Context:
         return [stage]
 
     def clone(self, layer, name: str, **config) -> keras.layers.Layer:
-        return graph_lib.clone_layer(layer, name, **config)
+        """A copy of `layer` for the rule to set every weight of (RULES.md): its
+        initializers are zeros, nothing random is drawn to be overwritten."""
+        return graph_lib.clone_layer(layer, name, initialize=False, **config)
 
     def name(self, node, stage: int, suffix: str = "") -> str:
         return conventions.stage_layer_name(stage, node.name, suffix)

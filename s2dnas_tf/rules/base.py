@@ -49,7 +49,8 @@ class BuildContext(Protocol):
         (`Analysis.follows`), the channels stage `stage` holds in that derived tensor."""
 
     def clone(self, layer, name: str, **config) -> keras.layers.Layer:
-        """A new layer of `layer`'s class and config, renamed, with `config` overrides."""
+        """A new layer of `layer`'s class and config, renamed, with `config` overrides.
+        Its initializers are zeros: the rule sets every weight it has once it is built."""
 
     def name(self, node, stage: int, suffix: str = "") -> str:
         """The new layer's name for `stage`."""
