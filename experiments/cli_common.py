@@ -243,6 +243,19 @@ def define_run_flags(kind: str, flag_values=FLAGS, helps=None) -> None:
             "base_model", lambda v: v is None or os.path.isfile(v),
             "--base_model must be an existing .keras file.", flag_values=flag_values,
         )
+    if "cost" in RUN_FLAGS[kind]:  # refused at parsing, before TensorFlow loads
+        flags.register_multi_flags_validator(
+            ["cost", "latency_budget", "flops_budget"], _budget_flags_agree,
+            flag_values=flag_values,
+        )
+
+
+def _budget_flags_agree(values: dict) -> bool:
+    try:
+        budget(values)
+    except ValueError as e:
+        raise flags.ValidationError(str(e)) from None
+    return True
 
 
 def step_flags(kind: str, values=None, args=None) -> "flags.FlagValues":
@@ -259,7 +272,12 @@ def step_flags(kind: str, values=None, args=None) -> "flags.FlagValues":
     else:
         flag_values.mark_as_parsed()
         for name, value in (values or {}).items():
-            setattr(flag_values, name, value)
+            if name not in flag_values:
+                raise flags.UnrecognizedFlagError(name, str(value))
+            # Set together, then checked together: a multi-flag validator (the budget
+            # flags') must not see one flag set and its partner not yet.
+            flag_values[name].value = value
+        flag_values.validate_all_flags()
     return flag_values
 
 
