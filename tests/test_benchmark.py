@@ -180,10 +180,15 @@ DIGITS = [
 
 @pytest.mark.slow  # whole benchmark runs on digits, minutes each
 def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
+    """Every method on digits, the dynamic ones from static_ft's weights
+    (--dynamic_from=static_ft: static_ft runs first and its static.keras, which computes
+    what its one-stage net does, is their base and teacher); then resumed, refused with
+    other settings, and a deleted step redone and measured again."""
     out, results = tmp_path / "run", tmp_path / "results"
     args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b",
                      f"--methods={','.join(benchmark.METHODS)}", "--max_first_stage_flops=0.5",
-                     "--parallel_searches", "--channel_multiple=8", "--reject_idle_stages"]
+                     "--parallel_searches", "--channel_multiple=8", "--reject_idle_stages",
+                     "--dynamic_from=static_ft"]
     first = run_benchmark(*args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "static: training resnet8 here" in first.stdout
@@ -227,9 +232,15 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     ft = methods["static_ft"]  # the static model trained the extra epoch, one exit
     assert ft["avg_flops"] == static["avg_flops"] and ft["exit_fractions"] == [1.0]
     assert ft["oracle"] is None and ft["train_seconds"] > 0
+    for name in benchmark.DYNAMIC_METHODS:  # --dynamic_from=static_ft
+        step = json.loads((out / name / "benchmark_step.json").read_text())
+        assert step["flags"]["base_model"] == str(out / "static_ft" / "static.keras"), name
+        report = json.loads((out / name / "report.json").read_text())
+        assert report["static"]["accuracy"] == pytest.approx(ft["accuracy"]), name
     assert len(data["goals"]) == 7 and "--results_name=b" in data["command"]
     md = (results / "b.md").read_text()
     assert "| thin_static |" in md and "## Goals" in md
+    assert "from the static_ft weights" in md
     # --channel_multiple reaches the S2DNAS steps (and only them) and their archs.
     assert "S2DNAS channel counts multiples of 8" in md
     for name in ("s2dnas_rl", "s2dnas_random", "s2dnas_default", "early_exit", "static_ft"):
@@ -253,6 +264,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "thin_static: trained already" in second.stdout
     assert "s2dnas_random: done already" in second.stdout
+    assert "(same methods, images and threads" in second.stdout  # measurements cached
     assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
     assert json.loads((results / "b.json").read_text())["methods"] == methods
 
@@ -262,35 +274,13 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert "made with other settings" in changed.stderr and "--epochs=2" in changed.stderr
     assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
 
-
-@pytest.mark.slow  # whole benchmark runs on digits, minutes each
-def test_benchmark_dynamic_methods_from_static_ft(tmp_path):
-    """--dynamic_from=static_ft: static_ft runs first (listed or not), and the dynamic methods
-    start from and distil from its static.keras, which computes what its one-stage net does."""
-    out, results = tmp_path / "run", tmp_path / "results"
-    done = run_benchmark(*DIGITS, f"--output_dir={out}", f"--results_dir={results}",
-                         "--methods=static,early_exit", "--dynamic_from=static_ft",
-                         "--results_name=b", "--tflite=false")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    step = json.loads((out / "early_exit" / "benchmark_step.json").read_text())
-    assert step["flags"]["base_model"] == str(out / "static_ft" / "static.keras")
-    methods = json.loads((results / "b.json").read_text())["methods"]
-    assert set(methods) == {"static", "static_ft", "early_exit"}
-    report = json.loads((out / "early_exit" / "report.json").read_text())
-    assert report["static"]["accuracy"] == pytest.approx(methods["static_ft"]["accuracy"])
-    assert "from the static_ft weights" in (results / "b.md").read_text()
-
-    # A step redone (its directory deleted, as the settings-changed error advises) is
-    # measured again, not read from the measurements cache of its deleted predecessor.
-    again = [*DIGITS, f"--output_dir={out}", f"--results_dir={results}",
-             "--methods=static,early_exit", "--dynamic_from=static_ft", "--results_name=b",
-             "--tflite=false"]
-    assert (out / "measurements.json").is_file()
+    # A step redone (its directory deleted, as that error advises) is measured again, not
+    # read from the measurements cache of its deleted predecessor.
     shutil.rmtree(out / "early_exit")
-    redone = run_benchmark(*again)
+    redone = run_benchmark(*args)
     assert redone.returncode == 0, redone.stdout[-3000:] + redone.stderr[-3000:]
     assert "(same methods, images and threads" not in redone.stdout
-    assert "measuring:" in redone.stdout
+    assert "measuring:" in redone.stdout and "early_exit: " in redone.stdout
 
 
 @pytest.mark.parametrize(
