@@ -366,15 +366,13 @@ def _start_random_search(base_path: str, dynamic_base: str):
     return _start(method, kind, {**values, "stop_after_search": True}), time.time()
 
 
-def _fingerprint(method: str, base_path: str) -> str:
-    """SHA-256 of what a method's measurements come from: its model file (static,
-    thin_static) or its report.json (the trained dynamic runs; it names their exports)."""
-    from s2dnas_tf import benchmark
-
+def _measured_file(method: str, base_path: str) -> str:
+    """What a method's measurements come from: its model file (static, thin_static) or its
+    report.json (the trained dynamic runs; it names their exports)."""
     if method == "static":
-        return benchmark.file_sha256(base_path)
+        return base_path
     name = "model.keras" if method == "thin_static" else "report.json"
-    return benchmark.file_sha256(os.path.join(FLAGS.output_dir, method, name))
+    return os.path.join(FLAGS.output_dir, method, name)
 
 
 def _measure_all(names, base_path, splits, images, static_flops):
@@ -385,18 +383,16 @@ def _measure_all(names, base_path, splits, images, static_flops):
     measured again; delete the file to measure again anyway)."""
     import keras
 
-    from s2dnas_tf import benchmark, count_flops, export, fileio, latency, training
+    from s2dnas_tf import benchmark, count_flops, export, latency, training
 
     cache = os.path.join(FLAGS.output_dir, "measurements.json")
-    key = {"methods": list(names), "num_images": len(images),
-           "threads": FLAGS.latency_threads, "tflite": FLAGS.tflite,
-           "models": {m: _fingerprint(m, base_path) for m in names}}
-    if os.path.isfile(cache):
-        with open(cache) as f:
-            cached = json.load(f)
-        if cached.get("key") == key:
-            _say(f"measurements: {cache} (same methods, images and threads)")
-            return cached["records"]
+    key = benchmark.measurement_key(
+        {m: _measured_file(m, base_path) for m in names}, num_images=len(images),
+        threads=FLAGS.latency_threads, tflite=FLAGS.tflite)
+    cached = benchmark.cached_records(cache, key)
+    if cached is not None:
+        _say(f"measurements: {cache} (same methods, images and threads)")
+        return cached
     prepared, models = {}, {}
     for method in names:
         run_dir = os.path.join(FLAGS.output_dir, method)
@@ -458,7 +454,7 @@ def _measure_all(names, base_path, splits, images, static_flops):
              f"{record['avg_flops'] / 1e6:.2f} MFLOPs, SavedModel {record['latency_ms']:.3f} "
              f"ms/image" + ("" if record.get("tflite_latency_ms") is None
                             else f", TFLite {record['tflite_latency_ms']:.3f} ms/image"))
-    fileio.write_json(cache, {"key": key, "records": records})
+    benchmark.write_cached_records(cache, key, records)
     return records
 
 

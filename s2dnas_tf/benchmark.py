@@ -129,6 +129,33 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def measurement_key(model_files: dict[str, str], **settings) -> dict:
+    """What a benchmark's measurements depend on: the methods in order, each method's file
+    (its model, or the report.json that names its exports) by SHA-256, and `settings`
+    (images, threads, ...). Records cached under one key are valid for an equal key only:
+    a step redone after its directory was deleted has another report.json, so it is
+    measured again."""
+    return {"methods": list(model_files), **settings,
+            "models": {m: file_sha256(path) for m, path in model_files.items()}}
+
+
+def cached_records(path: str, key: dict) -> dict | None:
+    """The records cached at `path` (`write_cached_records`) if they were made under `key`,
+    else None (no file, an unreadable one, or another key)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            cached = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return cached["records"] if cached.get("key") == key else None
+
+
+def write_cached_records(path: str, key: dict, records: dict) -> None:
+    fileio.write_json(path, {"key": key, "records": records})
+
+
 def static_train_seconds(model_path: str) -> float | None:
     """Training wall time of a static model, from train_base's base_report.json beside it
     or a checkpoint's sidecar `<name>.json` (None when neither says)."""

@@ -3,8 +3,9 @@ support"), and the rules some of them need, on tiny hand-built models (fast tier
 
 Slow tier, one test per family at the smallest input size its constructor accepts: one stage
 reproduces the original's outputs, three stages (default arch) build with every stage's
-kernels live, and `count_flops` agrees with TensorFlow's profiler within 2 %; for two
-families the SavedModel and TFLite exports answer what the Keras net does.
+kernels live, and `count_flops` agrees with TensorFlow's profiler within 2 % (except on
+NOT_PROFILED); for two families the SavedModel and TFLite exports answer what the Keras net
+does.
 """
 
 import keras
@@ -46,6 +47,12 @@ FAMILIES = {
     "NASNetMobile": 32,
     "ConvNeXtTiny": 32,
 }
+
+# The profiler counts convolutions and matmuls only (tests/test_flops.py::_profiler_flops);
+# these two are built of the conv kinds the other families' profiles check already
+# (InceptionResNetV2: InceptionV3's; NASNetMobile: Xception's separable convs and
+# MobileNet's depthwise ones) and are the two largest graphs to profile (10-15 s each).
+NOT_PROFILED = {"InceptionResNetV2", "NASNetMobile"}
 
 
 def check_one_stage_reproduces(model, x):
@@ -106,9 +113,10 @@ def test_family(name):
     x = helpers.images(model, scale=255.0)
     check_one_stage_reproduces(model, x)
     check_three_stages(model, x)
-    macs = s2d.count_flops(model)
-    profiled = _profiler_flops(model, (size, size, 3)) / 2
-    assert abs(profiled - macs) <= 0.02 * macs, (profiled, macs)
+    if name not in NOT_PROFILED:
+        macs = s2d.count_flops(model)
+        profiled = _profiler_flops(model, (size, size, 3)) / 2
+        assert abs(profiled - macs) <= 0.02 * macs, (profiled, macs)
 
 
 def check_exports(net, x, tmp_path):

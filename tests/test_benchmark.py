@@ -4,7 +4,6 @@ experiments/benchmark.py end to end on the built-in digits, resumed, and on bad 
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 
@@ -182,8 +181,9 @@ DIGITS = [
 def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     """Every method on digits, the dynamic ones from static_ft's weights
     (--dynamic_from=static_ft: static_ft runs first and its static.keras, which computes
-    what its one-stage net does, is their base and teacher); then resumed, refused with
-    other settings, and a deleted step redone and measured again."""
+    what its one-stage net does, is their base and teacher); then resumed (measurements
+    read from the cache) and refused with other settings. That a redone step is measured
+    again: test_measurements_cache_is_keyed_by_what_was_measured."""
     out, results = tmp_path / "run", tmp_path / "results"
     args = DIGITS + [f"--output_dir={out}", f"--results_dir={results}", "--results_name=b",
                      f"--methods={','.join(benchmark.METHODS)}", "--max_first_stage_flops=0.5",
@@ -274,13 +274,32 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert "made with other settings" in changed.stderr and "--epochs=2" in changed.stderr
     assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
 
-    # A step redone (its directory deleted, as that error advises) is measured again, not
-    # read from the measurements cache of its deleted predecessor.
-    shutil.rmtree(out / "early_exit")
-    redone = run_benchmark(*args)
-    assert redone.returncode == 0, redone.stdout[-3000:] + redone.stderr[-3000:]
-    assert "(same methods, images and threads" not in redone.stdout
-    assert "measuring:" in redone.stdout and "early_exit: " in redone.stdout
+
+def test_measurements_cache_is_keyed_by_what_was_measured(tmp_path):
+    """The benchmark's measurements.json: read back for the same methods, files and
+    settings; a step redone (another report.json of the same name), another method order
+    or other settings measure again; an unreadable cache is ignored."""
+    files = {}
+    for method in ("static", "early_exit"):
+        files[method] = tmp_path / f"{method}.json"
+        files[method].write_text(json.dumps({"method": method}))
+    key = benchmark.measurement_key(files, num_images=10, threads=1)
+    cache = tmp_path / "measurements.json"
+    assert benchmark.cached_records(cache, key) is None
+    records = {"static": {"accuracy": 0.9}, "early_exit": {"accuracy": 0.8}}
+    benchmark.write_cached_records(cache, key, records)
+    assert benchmark.cached_records(cache, benchmark.measurement_key(
+        files, num_images=10, threads=1)) == records
+    files["early_exit"].write_text(json.dumps({"method": "early_exit", "redone": True}))
+    redone = benchmark.measurement_key(files, num_images=10, threads=1)
+    assert benchmark.cached_records(cache, redone) is None
+    benchmark.write_cached_records(cache, redone, records)
+    assert benchmark.cached_records(cache, benchmark.measurement_key(
+        dict(reversed(list(files.items()))), num_images=10, threads=1)) is None
+    assert benchmark.cached_records(cache, benchmark.measurement_key(
+        files, num_images=10, threads=2)) is None
+    cache.write_text('{"key": ')  # torn
+    assert benchmark.cached_records(cache, redone) is None
 
 
 @pytest.mark.parametrize(

@@ -444,9 +444,12 @@ def test_search_flag_errors_exit_2(tmp_path, args, expected):
 
 @pytest.mark.slow  # whole search runs, minutes each
 def test_search_killed_and_restarted_continues(tmp_path):
+    # A given base model (search.py training its own is the quickstart's path).
+    helpers.save_tiny_digits_base(tmp_path / "base.keras")
     out = tmp_path / "run"
     command = [sys.executable, str(ROOT / "experiments" / "search.py"), f"--output_dir={out}",
-               "--num_candidates=4", *[a for a in SMALL if not a.startswith("--num_candidates")]]
+               f"--base_model={tmp_path / 'base.keras'}", "--num_candidates=4",
+               *[a for a in SMALL if not a.startswith("--num_candidates")]]
     proc = subprocess.Popen(command, env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     log_path = out / "search_log.jsonl"
