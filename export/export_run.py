@@ -57,20 +57,28 @@ def _tflite_accuracy(path, images, labels):
     return float((np.array(predictions) == labels).mean()), np.array(exits)
 
 
+def _exists_message(export_dir: str, name: str) -> str:
+    return (f"{os.path.join(export_dir, name, str(FLAGS.version))} exists; pass --overwrite to "
+            "replace it, or --version for a new version.")
+
+
 def main(argv):
     del argv
-    import keras
-
-    from s2dnas_tf import data, export, fileio
-
     run = FLAGS.run_dir
     with open(os.path.join(run, "report.json")) as f:
         report = json.load(f)
     with open(os.path.join(run, "config.json")) as f:
         config = json.load(f)
-    net = keras.saving.load_model(os.path.join(run, "multistage.keras"))
     name = FLAGS.name or report["model"]
     export_dir = FLAGS.export_dir or os.path.join(run, "export")
+    if not FLAGS.overwrite and os.path.exists(
+            os.path.join(export_dir, name, str(FLAGS.version))):
+        return cli_common.usage_error(_exists_message(export_dir, name))  # before TF loads
+    import keras
+
+    from s2dnas_tf import data, export, fileio
+
+    net = keras.saving.load_model(os.path.join(run, "multistage.keras"))
     try:
         thresholds = (
             [float(t) for t in FLAGS.thresholds]
@@ -81,10 +89,7 @@ def main(argv):
             net, thresholds, export_dir, name, version=FLAGS.version, overwrite=FLAGS.overwrite
         )
     except FileExistsError:
-        return cli_common.usage_error(
-            f"{os.path.join(export_dir, name, str(FLAGS.version))} exists; pass --overwrite to "
-            "replace it, or --version for a new version."
-        )
+        return cli_common.usage_error(_exists_message(export_dir, name))
     except (ValueError, TypeError) as e:
         return cli_common.usage_error(str(e))
     print(f"SavedModel: {saved} (thresholds {thresholds})", flush=True)
