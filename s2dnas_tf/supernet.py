@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from s2dnas_tf import conventions
+from s2dnas_tf import data as data_lib
 from s2dnas_tf import fileio
 from s2dnas_tf import graph as graph_lib
 from s2dnas_tf import rewriter
@@ -353,7 +354,8 @@ class Supernet:
         """
         self.set_arch(arch)
         self.recalibrate_batchnorm(bn_images)
-        outputs = self.model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+        outputs = self.model.predict(
+            data_lib.predict_dataset(images, batch_size), verbose=0)
         logits = np.stack([np.asarray(o, np.float64) for o in outputs])
         logits -= logits.max(axis=-1, keepdims=True)
         probs = np.exp(logits)

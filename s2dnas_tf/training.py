@@ -446,7 +446,7 @@ def _all_layers(model: keras.Model):
 
 def predict_stage_probabilities(net: keras.Model, x: np.ndarray, batch_size: int = 256):
     """Softmax outputs of every stage on `x`: an array [S, N, K] (a static model gives S=1)."""
-    outputs = net.predict(x, batch_size=batch_size, verbose=0)
+    outputs = net.predict(data_lib.predict_dataset(x, batch_size), verbose=0)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     return np.stack([_softmax(np.asarray(o, dtype=np.float64)) for o in outputs])

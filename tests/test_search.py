@@ -517,7 +517,7 @@ def test_quickstart_end_to_end(tmp_path):
     seconds = time.time() - start
     assert result.returncode == 0, result.stderr[-3000:]
     # The terminal shows the run's output, not TensorFlow's notices (start-up, retracing).
-    for line in ("oneDNN", "cuda", "InitializeLog", "tf.function retracing"):
+    for line in ("oneDNN", "cuda", "InitializeLog", "tf.function retracing", "NodeDef"):
         assert line not in result.stderr, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["dataset"] == "digits_overlap" and report["num_stages"] == 3

@@ -39,7 +39,7 @@ The public names are those in `__all__`; the submodules' other names are interna
 from s2dnas_tf.data.config import DataConfig
 from s2dnas_tf.data.splits import Splits, check_num_classes
 from s2dnas_tf.data.loading import DATASET_NAMES, DIGITS_DATASETS, load_dataset
-from s2dnas_tf.data.pipelines import make_dataset
+from s2dnas_tf.data.pipelines import make_dataset, predict_dataset
 
 __all__ = [
     "DATASET_NAMES",
@@ -49,4 +49,5 @@ __all__ = [
     "check_num_classes",
     "load_dataset",
     "make_dataset",
+    "predict_dataset",
 ]

@@ -29,6 +29,15 @@ def parallel_calls():
     return None if _op_determinism_enabled() else tf.data.AUTOTUNE
 
 
+def predict_dataset(x: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    """Batches of `x` (float32) for `Model.predict`, in order. `predict` on a numpy array
+    builds Keras's own pipeline, whose parallel map tf.data rewrites under op determinism
+    with an error line on the terminal (see `parallel_calls`); this one has no map."""
+    images = np.asarray(x, np.float32)
+    return tf.data.Dataset.from_tensor_slices(images).batch(batch_size).prefetch(
+        tf.data.AUTOTUNE)
+
+
 def make_dataset(
     x: np.ndarray,
     y: np.ndarray,
