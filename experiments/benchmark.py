@@ -111,6 +111,10 @@ flags.DEFINE_integer(
     "timing (1: single-stream latency, like a phone core).",
 )
 flags.DEFINE_boolean("tflite", True, "Also time the float TFLite models (needs ai-edge-litert).")
+flags.DEFINE_boolean(
+    "batch64", True,
+    "Also time each SavedModel's serving_default on batches of 64 test images, in turns "
+    "(saved_model_b64_ms: a server's time per image; skipped with fewer than 64 images).")
 flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
 flags.DEFINE_string("results_name", None, "Results file name (default: <dataset>_<model>).")
 flags.mark_flag_as_required("output_dir")
@@ -380,15 +384,17 @@ def _measure_all(names, base_path, splits, images, static_flops):
     (`latency.time_models`), so that the machine's drift falls on all of them alike; the
     records are cached in <output_dir>/measurements.json for the same methods, images and
     threads and the same trained models (a step redone after its directory was deleted is
-    measured again; delete the file to measure again anyway)."""
+    measured again; delete the file to measure again anyway). With --batch64 the
+    SavedModels are also timed on batches of 64 (`latency.time_saved_model_batches`)."""
     import keras
+    import numpy as np
 
     from s2dnas_tf import benchmark, count_flops, export, latency, training
 
     cache = os.path.join(FLAGS.output_dir, "measurements.json")
     key = benchmark.measurement_key(
         {m: _measured_file(m, base_path) for m in names}, num_images=len(images),
-        threads=FLAGS.latency_threads, tflite=FLAGS.tflite)
+        threads=FLAGS.latency_threads, tflite=FLAGS.tflite, batch64=FLAGS.batch64)
     cached = benchmark.cached_records(cache, key)
     if cached is not None:
         _say(f"measurements: {cache} (same methods, images and threads)")
@@ -426,6 +432,13 @@ def _measure_all(names, base_path, splits, images, static_flops):
     timed = latency.time_models(
         models, images, FLAGS.latency_warmup, FLAGS.latency_threads
     )
+    batched = {}
+    if FLAGS.batch64 and len(images) >= 64:
+        _say(f"measuring: the {len(names)} SavedModels on batches of 64 test images, in "
+             "turns ...")
+        batched = latency.time_saved_model_batches(
+            {m: models[(m, latency.SAVED_MODEL)][1] for m in names},
+            np.concatenate(images), batch_size=64)
     timings = {}
     if os.path.exists(_timings_path()):
         with open(_timings_path()) as f:
@@ -449,6 +462,8 @@ def _measure_all(names, base_path, splits, images, static_flops):
                 tflite_latency=tflite_stats, train_seconds=info["train_seconds"],
             )
         record["step_seconds"] = timings.get(method)
+        record["saved_model_b64_ms"] = (
+            batched[method]["mean_ms_per_image"] if method in batched else None)
         records[method] = record
         _say(f"{method}: accuracy {record['accuracy']:.4f}, "
              f"{record['avg_flops'] / 1e6:.2f} MFLOPs, SavedModel {record['latency_ms']:.3f} "

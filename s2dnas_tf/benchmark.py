@@ -316,8 +316,9 @@ def to_markdown(results: dict) -> str:
         "(TFLite: float model, LiteRT interpreter, 1 thread).",
         "",
         "| method | accuracy | vs static | avg MFLOPs | FLOPs ratio | SavedModel ms | "
-        "latency ratio | TFLite ms | exit fractions | oracle acc @ FLOPs ratio | search s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "latency ratio | TFLite ms | SavedModel b64 ms/image | exit fractions | "
+        "oracle acc @ FLOPs ratio | search s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in METHODS:
         m = methods.get(name)
@@ -336,6 +337,8 @@ def to_markdown(results: dict) -> str:
                     f"{m['latency_ms']:.3f}",
                     f"{m['latency_ms'] / base_lat:.2f}" if base_lat else "-",
                     "-" if m.get("tflite_latency_ms") is None else f"{m['tflite_latency_ms']:.3f}",
+                    "-" if m.get("saved_model_b64_ms") is None
+                    else f"{m['saved_model_b64_ms']:.3f}",
                     ", ".join(f"{f:.3f}" for f in m["exit_fractions"]),
                     "-" if not oracle else (
                         f"{oracle['accuracy']:.4f} @ {oracle['avg_flops'] / base_flops:.3f}"

@@ -1,4 +1,6 @@
-"""Batch-1 latency of exported models: one image at a time, after a warm-up, wall clock.
+"""Latency of exported models, wall clock after a warm-up: one image at a time
+(`time_models`: SavedModel and TFLite), and per image at a server's batch size
+(`time_saved_model_batches`: SavedModel `serving_default` on batches of 64).
 
 Measures; asserts nothing about speed. Used by experiments/latency.py and
 experiments/benchmark.py so both time models the same way.
@@ -206,4 +208,56 @@ def time_models(
         stats.update(by_exit(ms, exit_stages))
         stats["exit_stages"] = exit_stages
         result[name] = stats
+    return result
+
+
+def time_saved_model_batches(
+    models: dict[str, str],
+    x: np.ndarray,
+    batch_size: int = 64,
+    warmup: int = 2,
+) -> dict[str, dict[str, Any]]:
+    """Times SavedModels' `serving_default` on whole batches of `batch_size` images of `x`
+    (the images past the last whole batch are left out), the models in turns
+    (`time_interleaved`, one batch per call): a server's time per image.
+
+    Args:
+        models: {name: SavedModel directory of `export`}.
+        x: Images, [N, H, W, C], N >= batch_size.
+        batch_size: Images per call.
+        warmup: Untimed calls before timing.
+
+    Returns:
+        {name: {"batch_size", "num_images", "mean_ms_per_image", "median_ms_per_image",
+        "exit_stages" (int array, each timed image's exit)}}.
+
+    Raises:
+        ValueError: If `batch_size` < 1 or `x` holds fewer images than one batch.
+    """
+    import tensorflow as tf
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1. Received: {batch_size!r}")
+    count = (len(x) // batch_size) * batch_size
+    if count == 0:
+        raise ValueError(
+            f"Expected at least batch_size={batch_size} images to time. Received: {len(x)}"
+        )
+    batches = [np.asarray(x[i : i + batch_size], np.float32) for i in range(0, count, batch_size)]
+    calls = {}
+    for name, path in models.items():
+        fn = tf.saved_model.load(path).signatures[export.SERVING_DEFAULT]
+        calls[name] = lambda b, fn=fn: fn(images=tf.constant(b))
+    timed = time_interleaved(calls, batches, warmup)
+    result = {}
+    for name, (_, outs, ms) in timed.items():
+        per_image = ms / batch_size
+        result[name] = {
+            "batch_size": batch_size,
+            "num_images": count,
+            "mean_ms_per_image": float(per_image.mean()),
+            "median_ms_per_image": float(np.median(per_image)),
+            "exit_stages": np.concatenate(
+                [np.asarray(o["exit_stage"]).reshape([-1]) for o in outs]).astype(np.int64),
+        }
     return result

@@ -133,6 +133,42 @@ def test_time_interleaved_takes_turns_and_keeps_image_order():
         latency.time_models({"x": ("onnx", "m.onnx")}, images)
 
 
+def test_saved_model_batches_timed_per_image_with_the_models_exits(tmp_path):
+    """time_saved_model_batches: whole batches only, per-image times, each timed image's
+    exit as serving_default gives it (a dynamic net whose thresholds split the images)."""
+    import keras
+    import tensorflow as tf
+
+    import s2dnas_tf as s2d
+    from s2dnas_tf import export
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6, 6, 2))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    static = keras.Model(inputs, keras.layers.Dense(3)(x), name="tiny")
+    net = s2d.transform(static, s2d.SearchSpace.from_model(static, num_stages=2).default_arch())
+    x = np.random.default_rng(0).normal(size=(11, 6, 6, 2)).astype("float32")
+    confidences = np.sort(tf.nn.softmax(net(x)[0]).numpy().max(-1))
+    paths = {
+        "static": export.export_static(static, tmp_path / "s", "tiny"),
+        "dynamic": export.export_saved_model(net, [float(np.median(confidences))],
+                                             tmp_path / "d", "tiny"),
+    }
+    timed = latency.time_saved_model_batches(paths, x, batch_size=4, warmup=1)
+    for name, path in paths.items():
+        stats = timed[name]
+        assert stats["batch_size"] == 4 and stats["num_images"] == 8  # 3 images left out
+        assert stats["mean_ms_per_image"] > 0 and stats["median_ms_per_image"] > 0
+        served = tf.saved_model.load(path).signatures["serving_default"](images=x[:8])
+        np.testing.assert_array_equal(stats["exit_stages"], served["exit_stage"].numpy())
+    assert set(timed["dynamic"]["exit_stages"]) == {1, 2}
+    with pytest.raises(ValueError, match="at least batch_size=16 images"):
+        latency.time_saved_model_batches(paths, x, batch_size=16)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        latency.time_saved_model_batches(paths, x, batch_size=0)
+
+
 def test_set_tf_threads_checks_its_argument_and_the_moment():
     import tensorflow as tf
 
@@ -207,6 +243,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     for name, m in methods.items():
         assert 0.0 <= m["accuracy"] <= 1.0, name
         assert m["latency_ms"] > 0 and m["avg_flops"] > 0, name
+        assert m["saved_model_b64_ms"] > 0, name  # serving_default, batches of 64
         assert m["curve"] and all(set(p) == {"accuracy", "avg_flops"} for p in m["curve"])
     assert methods["thin_static"]["avg_flops"] < 0.4 * static["avg_flops"]
     for name in benchmark.DYNAMIC_METHODS:
@@ -239,7 +276,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
         assert report["static"]["accuracy"] == pytest.approx(ft["accuracy"]), name
     assert len(data["goals"]) == 7 and "--results_name=b" in data["command"]
     md = (results / "b.md").read_text()
-    assert "| thin_static |" in md and "## Goals" in md
+    assert "| thin_static |" in md and "## Goals" in md and "SavedModel b64 ms/image" in md
     assert "from the static_ft weights" in md
     # --channel_multiple reaches the S2DNAS steps (and only them) and their archs.
     assert "S2DNAS channel counts multiples of 8" in md
