@@ -360,9 +360,12 @@ def run_search(
             state = {"controller": controller.get_state(), "samples": samples,
                      "rejected": rejected, "updates": updates}
             fileio.write_text(state_path, json.dumps(state))
+            refused = sum(not verdicts.get(tuple(t), True) for t in batch)
             log(
-                f"[rl] update: mean reward {stats['mean_reward']:.4f}  baseline "
-                f"{stats['baseline']:.4f}  entropy {stats['entropy']:.3f}"
+                f"[rl] update: mean reward {stats['mean_reward']:.4f}"
+                + (f" ({refused} of {len(batch)} samples inadmissible, reward "
+                   f"{config.inadmissible_reward:g} each)" if refused else "")
+                + f"  baseline {stats['baseline']:.4f}  entropy {stats['entropy']:.3f}"
             )
     if rejected:
         log(f"[{config.searcher}] {rejected} of {samples} samples were inadmissible")

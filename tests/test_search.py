@@ -224,10 +224,13 @@ def test_a_resumed_constrained_rl_search_keeps_its_rejection_count(tmp_path, spa
     def admissible(arch):
         return arch.tokens[0] == 0  # 1 in 8 uniform samples
 
-    full_calls = []
+    full_calls, lines = [], []
     full = search.run_search(space, toy_evaluate(space, full_calls), config,
-                             str(tmp_path / "full"), log=lambda m: None, admissible=admissible)
+                             str(tmp_path / "full"), log=lines.append, admissible=admissible)
     assert full["evaluated"] == 4 and full["rejected"] > full["samples"] // 2
+    # An update taught with inadmissible samples says so (a mean reward of 0 is not a failure).
+    assert any(line.startswith("[rl] update:") and "samples inadmissible, reward 0 each" in line
+               for line in lines), lines
 
     calls = []
     evaluate = toy_evaluate(space, calls)
