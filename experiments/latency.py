@@ -10,7 +10,10 @@ models in turns, so that the machine's drift falls on all alike: `latency.time_m
 writes, into the run's report.json under "latency" (and prints):
 `{"savedmodel" | "tflite": {"static" | "dynamic": {"median_ms", "mean_ms", "p90_ms",
 "mean_ms_by_exit", "median_ms_by_exit"}}, "num_images", "exit_fractions": measured from the
-dynamic SavedModel's own exit_stage outputs, "threads"}`.
+dynamic SavedModel's own exit_stage outputs, "threads"}`; with 64 images or more also
+`"savedmodel_b64": {"static" | "dynamic": {"mean_ms_per_image", "median_ms_per_image"}}`,
+both SavedModels' `serving_default` on batches of 64, in turns (a server's time per image;
+`latency.time_saved_model_batches`).
 A benchmark: it measures and reports, it asserts nothing about speed.
 """
 
@@ -85,6 +88,14 @@ def main(argv):
         result[runtime][kind] = stats
         if (runtime, kind) == ("savedmodel", "dynamic"):
             exit_stages = stages
+    if len(images) >= 64:
+        print("timing both SavedModels on batches of 64, in turns ...", flush=True)
+        batched = latency.time_saved_model_batches(
+            {"static": static_saved, "dynamic": os.path.dirname(saved[-1])}, images, 64)
+        result["savedmodel_b64"] = {
+            kind: {k: stats[k] for k in ("mean_ms_per_image", "median_ms_per_image")}
+            for kind, stats in batched.items()
+        }
     num_stages = int(exit_stages.max()) if len(exit_stages) else 1
     with open(os.path.join(run, "report.json")) as f:
         report = json.load(f)
@@ -102,6 +113,11 @@ def main(argv):
             f"ratio of means {d['mean_ms'] / s['mean_ms']:.2f}",
             flush=True,
         )
+    if "savedmodel_b64" in result:
+        s, d = result["savedmodel_b64"]["static"], result["savedmodel_b64"]["dynamic"]
+        print(f"savedmodel batch 64: static {s['mean_ms_per_image']:.4f} ms/image  dynamic "
+              f"{d['mean_ms_per_image']:.4f} ms/image  ratio "
+              f"{d['mean_ms_per_image'] / s['mean_ms_per_image']:.2f}", flush=True)
     for runtime in ("savedmodel", "tflite"):
         by_exit = result[runtime]["dynamic"]["median_ms_by_exit"]
         print(f"{runtime:10s} dynamic median by exit stage: " + ", ".join(

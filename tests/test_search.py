@@ -578,12 +578,15 @@ def test_quickstart_end_to_end(tmp_path):
     # Its exported models, timed one image at a time (measured, never asserted fast).
     timed = subprocess.run(
         [sys.executable, str(ROOT / "experiments" / "latency.py"), f"--run_dir={out}",
-         "--num_images=40", "--warmup=5"],
+         "--num_images=64", "--warmup=5"],
         capture_output=True, text=True, env=_env(), timeout=600, cwd=ROOT,
     )
     assert timed.returncode == 0, timed.stderr[-3000:]
     latency = json.loads((out / "report.json").read_text())["latency"]
-    assert latency["num_images"] == 40
+    assert latency["num_images"] == 64
+    for kind in ("static", "dynamic"):  # serving_default on one batch of 64
+        assert latency["savedmodel_b64"][kind]["mean_ms_per_image"] > 0
+    assert "savedmodel batch 64:" in timed.stdout
     for runtime in ("savedmodel", "tflite"):
         for kind in ("static", "dynamic"):
             assert latency[runtime][kind]["median_ms"] > 0
