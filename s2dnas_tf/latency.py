@@ -149,10 +149,10 @@ SAVED_MODEL = "saved_model"
 TFLITE = "tflite"
 
 
-def _saved_model_call(path: str):
+def _saved_model_call(path: str, signature: str = export.SERVING_BATCH1):
     import tensorflow as tf
 
-    fn = tf.saved_model.load(path).signatures[export.SERVING_BATCH1]
+    fn = tf.saved_model.load(path).signatures[signature]
     return lambda x: fn(images=tf.constant(x))
 
 
@@ -234,8 +234,6 @@ def time_saved_model_batches(
     Raises:
         ValueError: If `batch_size` < 1 or `x` holds fewer images than one batch.
     """
-    import tensorflow as tf
-
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1. Received: {batch_size!r}")
     count = (len(x) // batch_size) * batch_size
@@ -244,10 +242,8 @@ def time_saved_model_batches(
             f"Expected at least batch_size={batch_size} images to time. Received: {len(x)}"
         )
     batches = [np.asarray(x[i : i + batch_size], np.float32) for i in range(0, count, batch_size)]
-    calls = {}
-    for name, path in models.items():
-        fn = tf.saved_model.load(path).signatures[export.SERVING_DEFAULT]
-        calls[name] = lambda b, fn=fn: fn(images=tf.constant(b))
+    calls = {name: _saved_model_call(path, export.SERVING_DEFAULT)
+             for name, path in models.items()}
     timed = time_interleaved(calls, batches, warmup)
     result = {}
     for name, (_, outs, ms) in timed.items():
