@@ -406,7 +406,7 @@ def _measure_all(names, base_path, splits, images, static_flops):
         if method in ("static", "thin_static"):
             path = base_path if method == "static" else os.path.join(run_dir, "model.keras")
             model = keras.saving.load_model(path)
-            probs = training.predict_stage_probabilities(model, splits.x_test)[0]
+            probs = training.predict_stage_probabilities(model, splits.test)[0]
             saved = export.export_static(
                 model, os.path.join(run_dir, "saved_model"), model.name, overwrite=True
             )
@@ -527,7 +527,7 @@ def main(argv):
         return 1
 
     # Every model timed the same way, on the same images, all of them in turns.
-    x = splits.x_test[: FLAGS.latency_images] if FLAGS.latency_images else splits.x_test
+    x, _ = splits.test.head(FLAGS.latency_images or None).arrays()
     images = latency.batch1_images(x)
     names = ["static"] + [m for m in _requested_methods() if m != "static"]
     try:
@@ -542,9 +542,9 @@ def main(argv):
             shlex.quote(a) for a in sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": benchmark.machine_description(),
-        "data": (f"{len(splits.x_train)} training + {len(splits.x_val)} validation images "
+        "data": (f"{len(splits.train)} training + {len(splits.val)} validation images "
                  f"({'all' if not _per_class_limit() else f'first {_per_class_limit()}'} per "
-                 f"class, validation held out of them), {len(splits.x_test)} test images; "
+                 f"class, validation held out of them), {len(splits.test)} test images; "
                  f"latency over {len(images)} test images, batch 1, "
                  f"{FLAGS.latency_threads} thread(s)"),
         "setup": (f"static: {recipe['model']} {recipe['epochs']} epochs lr "

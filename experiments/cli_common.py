@@ -72,13 +72,31 @@ def _fraction(v):
     return v is None or 0 < v <= 1
 
 
+def _dataset_name(v):
+    return v in _DATASETS or (v.startswith("tfds:") and len(v) > len("tfds:"))
+
+
+def _image_size(v):
+    return v is None or (len(v) == 2 and all(d.isdigit() and int(d) >= 1 for d in v))
+
+
 # The data.
-_flag(flags.DEFINE_enum, "dataset", "digits", "Dataset. digits and digits_overlap (digits "
-      "with a fainter second digit drawn over each) ship with scikit-learn (no download).",
-      enum_values=["digits", "digits_overlap", "cifar10", "cifar100", "image_folder"])
+_DATASETS = ("digits", "digits_overlap", "cifar10", "cifar100", "image_folder", "tfrecord")
+_flag(flags.DEFINE_string, "dataset", "digits", "Dataset: digits, digits_overlap (both ship "
+      "with scikit-learn, no download), cifar10, cifar100, image_folder (data_dir/train/"
+      "<class>/*.jpg ...), tfrecord (train/test .tfrecord files in data_dir), or tfds:NAME (a "
+      "TFDS dataset prepared in data_dir). The last three stream from their files.",
+      _dataset_name, f"--dataset must be one of {', '.join(_DATASETS)} or tfds:NAME.")
 _flag(flags.DEFINE_string, "data_dir", None,
-      "Folder of the dataset (cifar batches / image folder).",
+      "Folder of the dataset (cifar batches / image folder / TFRecord files / TFDS data_dir).",
       lambda v: v is None or os.path.isdir(v), "--data_dir must be an existing folder.")
+_flag(flags.DEFINE_list, "image_size", None,
+      "HEIGHT,WIDTH every streamed image (image_folder, tfrecord, tfds) is resized to. "
+      "Default: the model's input size, else the images' own (one size for all).",
+      _image_size, "--image_size must be two integers >= 1: HEIGHT,WIDTH.")
+_flag(flags.DEFINE_boolean, "crop_to_aspect_ratio", True,
+      "When resizing, crop the centred window of the target aspect ratio first (no "
+      "stretching); --nocrop_to_aspect_ratio stretches the whole image.")
 _flag(flags.DEFINE_integer, "per_class_limit", None,
       "Use the first N training images per class.",
       _none_or_at_least(1), "--per_class_limit must be >= 1.")
@@ -111,6 +129,11 @@ _flag(flags.DEFINE_boolean, "overwrite", False,
 _flag(flags.DEFINE_string, "model", "resnet20", "Reference model name (s2dnas_tf.models).")
 _flag(flags.DEFINE_float, "width_multiplier", 1.0, "Channel width multiplier of the model.")
 _flag(flags.DEFINE_string, "base_model", None, "A trained static model (.keras).")
+_flag(flags.DEFINE_enum, "preprocessing", "none",
+      "The keras.applications preprocess_input mode --base_model expects (tf: MobileNet*, "
+      "Xception, Inception*; torch: DenseNet; caffe: VGG, ResNet50/101/152), put in front of "
+      "it as its first layer so it takes raw pixels; none: it takes raw pixels already.",
+      enum_values=["none", "tf", "torch", "caffe"])
 _flag(flags.DEFINE_integer, "base_epochs", 30, "Epochs of the base model when trained here.",
       _at_least(1), "--base_epochs must be >= 1.")
 _flag(flags.DEFINE_integer, "num_stages", 3, "Number of stages S.",
@@ -210,7 +233,8 @@ def define_flags(*names: str, flag_values=FLAGS, helps=None) -> None:
             flags.register_validator(name, check, message, flag_values=flag_values)
 
 
-DATA_FLAGS = ("dataset", "data_dir", "per_class_limit", "validation_fraction")
+DATA_FLAGS = ("dataset", "data_dir", "per_class_limit", "validation_fraction", "image_size",
+              "crop_to_aspect_ratio")
 TRAIN_FLAGS = ("epochs", "batch_size", "learning_rate", "augment", "strategy", "logical_cpus",
                "steps_per_epoch", "seed", "verbose")
 # Each run's entry point takes exactly these.
@@ -218,7 +242,8 @@ RUN_FLAGS = {
     "train_base": DATA_FLAGS + TRAIN_FLAGS + ("model", "width_multiplier", "output_dir",
                                               "overwrite"),
     "search": DATA_FLAGS + TRAIN_FLAGS + (
-        "base_model", "model", "base_epochs", "num_stages", "channel_multiple", "searcher",
+        "base_model", "preprocessing", "model", "base_epochs", "num_stages",
+        "channel_multiple", "searcher",
         "num_candidates", "search_batch_size", "reward", "flops_budget", "cost",
         "latency_budget", "flops_lambda", "max_first_stage_flops", "reject_idle_stages", "evaluator", "supernet_epochs",
         "supernet_learning_rate", "candidate_epochs", "candidate_steps",
@@ -227,7 +252,8 @@ RUN_FLAGS = {
         "stop_after_search",
     ),
     "train_dynamic": DATA_FLAGS + TRAIN_FLAGS + (
-        "base_model", "num_stages", "channel_multiple", "tokens", "early_exit",
+        "base_model", "preprocessing", "num_stages", "channel_multiple", "tokens",
+        "early_exit",
         "flops_budget", "cost", "latency_budget", "stage_weights", "distill_weight", "distill_temperature",
         "output_dir", "overwrite",
     ),
@@ -349,12 +375,15 @@ def data_config(values):
     """The DataConfig of the data flags."""
     from s2dnas_tf import data
 
+    size = values.get("image_size")
     return data.DataConfig(
         name=values["dataset"],
         data_dir=values.get("data_dir"),
         per_class_limit=values.get("per_class_limit"),
         validation_fraction=values.get("validation_fraction", 0.1),
         seed=values.get("seed", 0),
+        image_size=tuple(int(d) for d in size) if size else None,
+        crop_to_aspect_ratio=values.get("crop_to_aspect_ratio", True),
     )
 
 
@@ -431,6 +460,7 @@ def search_config(values):
         output_dir=values["output_dir"],
         data=data_config(values),
         base_model=values["base_model"],
+        preprocessing=values.get("preprocessing", "none"),
         model=values["model"],
         base_train=train_config(values, epochs=values["base_epochs"]),
         num_stages=values["num_stages"],
@@ -492,6 +522,7 @@ def train_dynamic_config(values):
     return runs.TrainDynamicConfig(
         output_dir=values["output_dir"],
         base_model=values["base_model"],
+        preprocessing=values.get("preprocessing", "none"),
         data=data_config(values),
         num_stages=values["num_stages"],
         channel_multiple=values["channel_multiple"],

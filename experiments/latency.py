@@ -55,14 +55,17 @@ def main(argv):
             f"{run} has no exported model (saved_model/<name>/<version>/ and model.tflite); "
             "runs of search.py export them."
         )
-    base_path = config.get("base_model") or os.path.join(run, "base", "model.keras")
+    # The run's own copy when it has one (trained there, or the user's with preprocessing).
+    base_path = os.path.join(run, "base", "model.keras")
+    if not os.path.isfile(base_path):
+        base_path = config.get("base_model") or base_path
     if not os.path.isfile(base_path):
         return cli_common.usage_error(f"the run's static model {base_path!r} does not exist.")
-    splits = data.load_dataset(cli_common.run_data_config(config))
-    images = splits.x_test[: FLAGS.num_images] if FLAGS.num_images else splits.x_test
+    base = keras.saving.load_model(base_path)
+    splits = data.load_dataset_for(cli_common.run_data_config(config), base)
+    images, _ = splits.test.head(FLAGS.num_images or None).arrays()
     batch1 = latency.batch1_images(images)
 
-    base = keras.saving.load_model(base_path)
     static_dir = os.path.join(run, "static")
     static_saved = export.export_static(
         base, os.path.join(static_dir, "saved_model"), base.name, overwrite=True

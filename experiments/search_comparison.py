@@ -56,8 +56,8 @@ def main(argv):
         unknown = sorted(set(FLAGS.searchers) - {"rl", "random"})
         if unknown:
             raise ValueError(f"--searchers takes rl and random. Received: {unknown}")
-        splits = data.load_dataset(cli_common.data_config(FLAGS.flag_values_dict()))
         base = keras.saving.load_model(FLAGS.base_model)
+        splits = data.load_dataset_for(cli_common.data_config(FLAGS.flag_values_dict()), base)
         space = s2d.SearchSpace.from_model(
             base, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple
         )

@@ -26,6 +26,9 @@ import cli_common  # noqa: E402  (sets TF_CPP_MIN_LOG_LEVEL before TensorFlow lo
 from absl import flags  # noqa: E402
 
 FLAGS = flags.FLAGS
+# int8 calibration images, the first of the validation split: "a few hundred real images
+# are plenty" (convert_to_tflite), and 1,000 224x224 images are 600 MB.
+_REPRESENTATIVE_IMAGES = 1000
 cli_common.define_flags("run_dir", "num_images", "overwrite", helps={
     "num_images": "Evaluate the TFLite models on the first N test images.",
     "overwrite": "Replace an existing version directory.",
@@ -86,7 +89,8 @@ def main(argv):
             else report["dynamic"]["thresholds"]
         )
         saved = export.export_saved_model(
-            net, thresholds, export_dir, name, version=FLAGS.version, overwrite=FLAGS.overwrite
+            net, thresholds, export_dir, name, version=FLAGS.version, overwrite=FLAGS.overwrite,
+            crop_to_aspect_ratio=cli_common.run_data_config(config).crop_to_aspect_ratio,
         )
     except FileExistsError:
         return cli_common.usage_error(_exists_message(export_dir, name))
@@ -97,18 +101,18 @@ def main(argv):
     print(f"TFLite float: {float_path}", flush=True)
     if not FLAGS.int8:
         return 0
-    splits = data.load_dataset(cli_common.run_data_config(config))
+    splits = data.load_dataset_for(cli_common.run_data_config(config), net)
     try:
         int8_path = export.convert_to_tflite(
             saved,
             os.path.join(export_dir, f"{name}.int8.tflite"),
             quantize="int8",
-            representative_images=splits.x_val,
+            representative_images=splits.val.head(_REPRESENTATIVE_IMAGES).arrays()[0],
         )
     except ValueError as e:
         return cli_common.usage_error(str(e))
-    n = FLAGS.num_images or len(splits.x_test)
-    x, y = splits.x_test[:n], splits.y_test[:n]
+    n = min(FLAGS.num_images or len(splits.test), len(splits.test))
+    x, y = splits.test.head(n).arrays()
     float_acc, float_exits = _tflite_accuracy(float_path, x, y)
     int8_acc, int8_exits = _tflite_accuracy(int8_path, x, y)
     summary = {

@@ -169,7 +169,7 @@ class FinetuneEvaluator(Evaluator):
         base_model: The trained static model, or the path of its `.keras` file. With a
             path the distillation teacher is loaded from it for every candidate; with a
             model, a copy of it is.
-        splits: The data: candidates train on `x_train`, are scored on `x_val`.
+        splits: The data: candidates train on `train`, are scored on `val`.
         train_config: The candidates' fine-tune (its `ephemeral` is always set, its
             `output_dir` unused).
         reward_config: How validation outputs become the reward.
@@ -210,7 +210,7 @@ class FinetuneEvaluator(Evaluator):
             self.train_config,
             teacher_fn=self._teacher_fn,
         )
-        val_probs = training.predict_stage_probabilities(net, self.splits.x_val)
+        val_probs = training.predict_stage_probabilities(net, self.splits.val)
         return self._reward(val_probs, rewriter.stage_flops(net), lambda: net)
 
 
@@ -221,8 +221,9 @@ class SupernetEvaluator(Evaluator):
     Args:
         base_model: The trained static model, or the path of its `.keras` file (also the
             distillation teacher of the supernet's training).
-        splits: The data: the supernet trains on `x_train`, BatchNorm statistics come from
-            `bn_images` of its images (a seeded sample), candidates are scored on `x_val`.
+        splits: The data: the supernet trains on `train`, BatchNorm statistics come from
+            `bn_images` of its images (a seeded sample, held in memory), candidates are scored
+            on `val`.
         train_config: The supernet's training. With an `output_dir` the trained supernet is
             kept there (`supernet.keras`) and a resumed or repeated search reuses it (a
             killed training resumes from its last epoch).
@@ -267,11 +268,12 @@ class SupernetEvaluator(Evaluator):
             self.base, space, splits, train_config, teacher_fn=teacher_fn
         )
         rng = np.random.default_rng(train_config.seed)
-        count = min(bn_images, len(splits.x_train))
-        self.bn_images = splits.x_train[np.sort(rng.choice(len(splits.x_train), count, False))]
+        count = min(bn_images, len(splits.train))
+        sample = np.sort(rng.choice(len(splits.train), count, False))
+        self.bn_images, _ = splits.train.select(sample).arrays()
 
     def __call__(self, arch: Arch) -> dict:
-        probs, stage_flops = self.supernet.evaluate(arch, self.bn_images, self.splits.x_val)
+        probs, stage_flops = self.supernet.evaluate(arch, self.bn_images, self.splits.val)
         return self._reward(probs, stage_flops, lambda: rewriter.transform(self.base, arch))
 
     def start_weights(self, arch: Arch) -> keras.Model:

@@ -20,22 +20,25 @@ from s2dnas_tf.flops import count_flops
 from s2dnas_tf.space import Arch
 
 
-def static_accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray) -> float:
+def static_accuracy(model: keras.Model, x: np.ndarray | data_lib.Split, y: np.ndarray) -> float:
     probs = training.predict_stage_probabilities(model, x)[0]
     return float((probs.argmax(-1) == y).mean())
 
 
-def export_run(net: keras.Model, result: dict, output_dir: str, name: str, log=print) -> dict:
+def export_run(net: keras.Model, result: dict, output_dir: str, name: str, log=print,
+               crop_to_aspect_ratio: bool = True) -> dict:
     """Exports a reported run for deployment (docs/design.md §7, §10): the dynamic SavedModel at
     `<output_dir>/saved_model/<name>/1/` with the report's thresholds, and `model.tflite`
-    (float, batch 1) converted from it.
+    (float, batch 1) converted from it. `crop_to_aspect_ratio`: how its `serving_any_size`
+    resizes (as the training data was).
 
     Returns:
         {"saved_model": path, "tflite": path}.
     """
     thresholds = result["dynamic"]["thresholds"]
     saved = export_lib.export_saved_model(
-        net, thresholds, os.path.join(output_dir, "saved_model"), name, overwrite=True
+        net, thresholds, os.path.join(output_dir, "saved_model"), name, overwrite=True,
+        crop_to_aspect_ratio=crop_to_aspect_ratio,
     )
     tflite = export_lib.convert_to_tflite(saved, os.path.join(output_dir, "model.tflite"))
     log(f"exported {saved} and {tflite}")
@@ -97,7 +100,7 @@ def train_and_report(
         source = base if start_from is None else start_from
         build_net = lambda: rewriter.transform(source, arch)  # noqa: E731
     static_flops = count_flops(base)
-    static_acc = static_accuracy(base, splits.x_test, splits.y_test)
+    static_acc = static_accuracy(base, splits.test, splits.y_test)
     log(f"static: test accuracy {static_acc:.4f}, FLOPs {static_flops:,}")
     start = time.time()
     net, history = training.train(
@@ -120,9 +123,9 @@ def train_and_report(
         static_accuracy=static_acc,
         static_flops=static_flops,
         stage_flops=rewriter.stage_flops(net),
-        val_probs=training.predict_stage_probabilities(net, splits.x_val),
+        val_probs=training.predict_stage_probabilities(net, splits.val),
         val_labels=splits.y_val,
-        test_probs=training.predict_stage_probabilities(net, splits.x_test),
+        test_probs=training.predict_stage_probabilities(net, splits.test),
         test_labels=splits.y_test,
         flops_budget_ratio=flops_budget_ratio,
         arch=arch.to_dict() if arch is not None else None,
@@ -131,7 +134,8 @@ def train_and_report(
         time_cost=time_cost,
     )
     if export_name:
-        result["export"] = export_run(net, result, output_dir, export_name, log=log)
+        result["export"] = export_run(net, result, output_dir, export_name, log=log,
+                                      crop_to_aspect_ratio=splits.crop_to_aspect_ratio)
     report_lib.write_report(result, output_dir)
     dyn, oracle = result["dynamic"], result["oracle"]
     log(

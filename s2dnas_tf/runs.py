@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import os
 import shutil
+import sys
 import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -41,7 +42,12 @@ from s2dnas_tf import search as search_lib
 from s2dnas_tf import cost as cost_lib
 from s2dnas_tf import evaluators
 from s2dnas_tf.flops import count_flops
-from s2dnas_tf.models import build_model, list_models, with_input_normalization
+from s2dnas_tf.models import (
+    build_model,
+    list_models,
+    with_input_normalization,
+    with_preprocessing,
+)
 from s2dnas_tf.space import SearchSpace
 
 __all__ = [
@@ -103,6 +109,10 @@ class SearchRunConfig:
             net's training state).
         data: The dataset.
         base_model: A trained static model (`.keras`); None: train `model` here.
+        preprocessing: keras.applications' preprocessing the base model expects
+            ("tf", "torch", "caffe"), put in front of it as its first layer
+            (`models.with_preprocessing`); the run's static model is then
+            `<output_dir>/base/model.keras`. "none": it takes raw pixels already.
         model: The reference model to train when `base_model` is None.
         base_train: How to train it (state in `<output_dir>/base`).
         num_stages: Stages S of the multi-stage nets.
@@ -131,6 +141,7 @@ class SearchRunConfig:
     output_dir: str
     data: data_lib.DataConfig = dataclasses.field(default_factory=data_lib.DataConfig)
     base_model: str | None = None
+    preprocessing: str = "none"
     model: str = "resnet20"
     base_train: training.TrainConfig = dataclasses.field(default_factory=training.TrainConfig)
     num_stages: int = 3
@@ -168,6 +179,7 @@ class TrainDynamicConfig:
             report.json/.md, curve.png, saved_model/<name>/1/, model.tflite, `train/` (the
             training state) and, with `num_stages=1`, static.keras.
         base_model: The trained static model (`.keras`).
+        preprocessing: As `SearchRunConfig.preprocessing`.
         data: The dataset.
         num_stages: Stages S (exits, with `early_exit`).
         channel_multiple: `SearchSpace.from_model`'s channel multiple (1 with early exits).
@@ -184,6 +196,7 @@ class TrainDynamicConfig:
 
     output_dir: str
     base_model: str
+    preprocessing: str = "none"
     data: data_lib.DataConfig = dataclasses.field(default_factory=data_lib.DataConfig)
     num_stages: int = 3
     channel_multiple: int = 1
@@ -226,15 +239,15 @@ def train_base(
         train_config.validate()
         splits = data_lib.load_dataset(config.data)
     log(
-        f"data: {splits.name} train {len(splits.x_train)} val {len(splits.x_val)} "
-        f"test {len(splits.x_test)} classes {splits.num_classes} image {splits.image_shape}"
+        f"data: {splits.name} train {len(splits.train)} val {len(splits.val)} "
+        f"test {len(splits.test)} classes {splits.num_classes} image {splits.image_shape}"
     )
     start = time.time()
     model, history = _train_reference_model(
         config.model, splits, train_config, width_multiplier=config.width_multiplier
     )
     seconds = time.time() - start
-    accuracy = pipeline.static_accuracy(model, splits.x_test, splits.y_test)
+    accuracy = pipeline.static_accuracy(model, splits.test, splits.y_test)
     flops = count_flops(model)
     log(f"test accuracy {accuracy:.4f}  FLOPs {flops:,}  train wall time {seconds:.0f} s")
     with fileio.atomic_path(model_path, suffix=".keras") as tmp:
@@ -246,8 +259,8 @@ def train_base(
         "test_accuracy": accuracy,
         "flops": flops,
         "train_seconds": seconds,
-        "num_train": len(splits.x_train),
-        "num_test": len(splits.x_test),
+        "num_train": len(splits.train),
+        "num_test": len(splits.test),
         "history": history,
     }
     if settings is not None:
@@ -302,6 +315,12 @@ def run_search(
     with _checking_input():
         if config.base_model is None:
             _check_model_name(config.model)
+            if config.preprocessing != "none":
+                raise InputError(
+                    "preprocessing goes in front of a given base_model; the reference model "
+                    "trained here normalises raw pixels itself. Received: preprocessing="
+                    f"{config.preprocessing!r} with base_model=None"
+                )
         config.search.validate()
         config.reward.validate()
         if config.evaluator not in evaluators.EVALUATORS:
@@ -318,16 +337,19 @@ def run_search(
     run_start = time.time()
     base = None
     with _checking_input():
-        splits = data_lib.load_dataset(config.data)
         if config.base_model is not None:
-            base = _load_static_model(config.base_model)
+            base = _load_static_model(config.base_model, config.preprocessing)
+            splits = data_lib.load_dataset_for(config.data, base)
             space = _space(base, splits, config.num_stages, config.channel_multiple)
+        else:
+            splits = data_lib.load_dataset(config.data)
     os.makedirs(out, exist_ok=True)
     _write_settings(out, settings, config)
     log(f"data: {splits!r}")
 
     # 1. The base model: the user's, or a reference model trained here (resumable).
-    base_path = config.base_model or os.path.join(out, "base", "model.keras")
+    base_path = _save_prepared_base(base, config, out) or os.path.join(
+        out, "base", "model.keras")
     if base is None:
         if not os.path.exists(base_path):
             log(f"training the base model {config.model} ({config.base_train.epochs} epochs) ...")
@@ -402,7 +424,8 @@ def run_search(
         start_from=evaluator.start_weights(arch),
         cost=config.reward.cost,
     )
-    log(f"total wall time {time.time() - run_start:.0f} s")
+    log(f"total wall time {time.time() - run_start:.0f} s, peak resident memory "
+        f"{_peak_rss_gb():.2f} GB")
     return result
 
 
@@ -451,9 +474,8 @@ def train_dynamic(
                 f"stage_weights needs one weight per stage ({config.num_stages}). Received: "
                 f"stage_weights={list(weights)!r}"
             )
-        splits = data_lib.load_dataset(config.data)
-        base = _load_static_model(config.base_model)
-        data_lib.check_num_classes(splits, base)
+        base = _load_static_model(config.base_model, config.preprocessing)
+        splits = data_lib.load_dataset_for(config.data, base)
         if config.early_exit:
             if config.tokens:
                 raise InputError("tokens and early_exit exclude each other.")
@@ -465,6 +487,7 @@ def train_dynamic(
             arch = space.decode(list(config.tokens)) if config.tokens else space.default_arch()
     os.makedirs(out, exist_ok=True)
     _write_settings(out, settings, config)
+    base_path = _save_prepared_base(base, config, out)
     if arch is not None:
         log(space.describe())
         log(str(arch))
@@ -475,7 +498,7 @@ def train_dynamic(
 
     result = pipeline.train_and_report(
         base=base,
-        teacher_fn=lambda: keras.saving.load_model(config.base_model),
+        teacher_fn=lambda: keras.saving.load_model(base_path),
         arch=arch,
         splits=splits,
         train_config=train_config,
@@ -516,9 +539,31 @@ def _check_model_name(name: str) -> None:
         raise InputError(f"model must be one of {list_models()}. Received: model={name!r}")
 
 
-def _load_static_model(path: str) -> keras.Model:
-    """Loads a user's static model; a file that is not a Keras model is an InputError
-    naming the file (Keras would call it "File not found")."""
+def _save_prepared_base(base: keras.Model | None, config, out: str) -> str | None:
+    """The path of the run's static model: the user's file, or, when the run put
+    preprocessing in front of it, that model saved as `<out>/base/model.keras`."""
+    if base is None:
+        return None
+    if config.preprocessing == "none":
+        return config.base_model
+    path = os.path.join(out, "base", "model.keras")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with fileio.atomic_path(path, suffix=".keras") as tmp:
+        base.save(tmp)
+    return path
+
+
+def _load_static_model(path: str, preprocessing: str = "none") -> keras.Model:
+    """Loads a user's static model, with `preprocessing` in front; a file that is not a
+    Keras model is an InputError naming the file (Keras would call it "File not found")."""
+    model = _read_static_model(path)
+    try:
+        return with_preprocessing(model, preprocessing)
+    except ValueError as e:
+        raise InputError(f"base_model {path!r}: {e}") from e
+
+
+def _read_static_model(path: str) -> keras.Model:
     if not os.path.isfile(path):
         raise InputError(f"base_model {path!r} does not exist (expected a .keras file).")
     if not (zipfile.is_zipfile(path) or path.endswith((".h5", ".hdf5"))):
@@ -538,6 +583,7 @@ def _space(
     base: keras.Model, splits: data_lib.Splits, num_stages: int, channel_multiple: int
 ) -> SearchSpace:
     data_lib.check_num_classes(splits, base)
+    data_lib.check_image_shape(splits, base)
     return SearchSpace.from_model(
         base, num_stages=num_stages, channel_multiple=channel_multiple
     )
@@ -558,6 +604,16 @@ def _train_reference_model(
         return with_input_normalization(core, mean, variance)
 
     return training.train(model_fn, splits, config)
+
+
+def _peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB (Linux reports KiB, macOS bytes)."""
+    try:
+        import resource  # POSIX only
+    except ImportError:
+        return float("nan")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1e9 if sys.platform == "darwin" else peak * 1024 / 1e9
 
 
 def _write_settings(output_dir: str, settings: Mapping[str, Any] | None, config) -> None:

@@ -50,6 +50,9 @@ __all__ = [
     "train_supernet",
 ]
 
+# Pixels (images x height x width) per BatchNorm recalibration pass: 512 CIFAR images.
+RECALIBRATION_PIXELS = 512 * 32 * 32
+
 
 def _add_mask(layer: keras.layers.Layer, shape: tuple) -> keras.Variable:
     return layer.add_weight(
@@ -326,28 +329,36 @@ class Supernet:
 
         The shared weights are trained for many architectures at once, so no single set of
         moving statistics fits them all (BigNAS, once-for-all); a few hundred images fix
-        them for the architecture being scored. One forward pass in training mode with
-        momentum 0 (eager, so the changed momentum is read).
+        them for the architecture being scored. Forward passes in training mode (eager, so
+        the changed momentum is read): one batch of all the images when they hold at most
+        `RECALIBRATION_PIXELS` pixels (512 CIFAR images), else chunks of that many pixels
+        whose statistics are averaged, weighted by their sizes (momentum seen / (seen + n)),
+        so that 512 images of 224x224 do not need 49 times the activation memory.
         """
+        images = np.asarray(images, np.float32)
+        per_chunk = max(1, RECALIBRATION_PIXELS // max(1, images.shape[1] * images.shape[2]))
         layers = [
             layer for layer in self.model.layers
             if isinstance(layer, keras.layers.BatchNormalization)
         ]
         momenta = [layer.momentum for layer in layers]
         try:
-            for layer in layers:
-                layer.momentum = 0.0
-            self.model(np.asarray(images, np.float32), training=True)
+            for seen in range(0, len(images), per_chunk):
+                chunk = images[seen:seen + per_chunk]
+                for layer in layers:
+                    layer.momentum = seen / (seen + len(chunk))
+                self.model(chunk, training=True)
         finally:
             for layer, momentum in zip(layers, momenta):
                 layer.momentum = momentum
 
     def evaluate(
-        self, arch: space_lib.Arch, bn_images: np.ndarray, images: np.ndarray,
-        batch_size: int = 256,
+        self, arch: space_lib.Arch, bn_images: np.ndarray,
+        images: np.ndarray | data_lib.Split, batch_size: int = 256,
     ) -> tuple[np.ndarray, list[int]]:
         """Scores `arch` from the shared weights: its view, BatchNorm statistics from
-        `bn_images` (training images), then every stage's softmax on `images`.
+        `bn_images` (training images), then every stage's softmax on `images` (an array
+        or a `Split`, streamed if it is).
 
         Returns:
             (probabilities [S, N, K] float64, the arch's cumulative stage FLOPs).
@@ -355,7 +366,7 @@ class Supernet:
         self.set_arch(arch)
         self.recalibrate_batchnorm(bn_images)
         outputs = self.model.predict(
-            data_lib.predict_dataset(images, batch_size), verbose=0)
+            data_lib.image_batches(images, batch_size), verbose=0)
         logits = np.stack([np.asarray(o, np.float64) for o in outputs])
         logits -= logits.max(axis=-1, keepdims=True)
         probs = np.exp(logits)

@@ -357,15 +357,10 @@ def train(
                 net, teacher, config.distill_weight, config.distill_temperature
             )
             model(np.zeros((1,) + tuple(splits.image_shape), "float32"))  # build it
-        train_ds = data_lib.make_dataset(
-            splits.x_train,
-            splits.y_train,
-            config.batch_size,
-            training=True,
-            augment=config.augment,
-            seed=config.seed,
+        train_ds = splits.train.dataset(
+            config.batch_size, training=True, augment=config.augment, seed=config.seed
         )
-        steps = config.steps_per_epoch or math.ceil(len(splits.x_train) / config.batch_size)
+        steps = config.steps_per_epoch or math.ceil(len(splits.train) / config.batch_size)
         if config.steps_per_epoch:
             train_ds = train_ds.repeat()
         schedule = keras.optimizers.schedules.CosineDecay(
@@ -384,10 +379,8 @@ def train(
             )
 
     val_ds = None
-    if len(splits.x_val) and not config.ephemeral:
-        val_ds = data_lib.make_dataset(
-            splits.x_val, splits.y_val, config.batch_size, training=False
-        )
+    if len(splits.val) and not config.ephemeral:
+        val_ds = splits.val.dataset(config.batch_size)
         if num_outputs > 1:
             val_ds = val_ds.map(lambda x, y: (x, tuple([y] * num_outputs)))
     if num_outputs > 1:
@@ -444,9 +437,12 @@ def _all_layers(model: keras.Model):
             yield layer
 
 
-def predict_stage_probabilities(net: keras.Model, x: np.ndarray, batch_size: int = 256):
-    """Softmax outputs of every stage on `x`: an array [S, N, K] (a static model gives S=1)."""
-    outputs = net.predict(data_lib.predict_dataset(x, batch_size), verbose=0)
+def predict_stage_probabilities(
+    net: keras.Model, x: np.ndarray | data_lib.Split, batch_size: int = 256
+):
+    """Softmax outputs of every stage on `x` (images, or a `Split`, streamed if it is):
+    an array [S, N, K] (a static model gives S=1). Only the outputs are held."""
+    outputs = net.predict(data_lib.image_batches(x, batch_size), verbose=0)
     if not isinstance(outputs, (list, tuple)):
         outputs = [outputs]
     return np.stack([_softmax(np.asarray(o, dtype=np.float64)) for o in outputs])

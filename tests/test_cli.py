@@ -93,3 +93,50 @@ def test_the_benchmark_shares_the_runs_flags_with_its_own_defaults():
                                           ("channel_multiple", "1", "1")]:
         assert default(search.stdout, name) == in_search, name
         assert default(benchmark.stdout, name) == in_benchmark, name
+
+
+def _tiny_rgb_folder(root, corrupt=None):
+    """root/{train,test}/{a,b}/000i.png, 10x12 RGB; `corrupt` names a file to break."""
+    import numpy as np
+    import tensorflow as tf
+
+    for split in ("train", "test"):
+        for c, name in enumerate(("a", "b")):
+            os.makedirs(root / split / name)
+            for i in range(3):
+                pixels = np.full((10, 12, 3), 60 * c + i, np.uint8)
+                tf.io.write_file(str(root / split / name / f"{i:04d}.png"),
+                                 tf.io.encode_png(pixels))
+    if corrupt:
+        (root / corrupt).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    return root
+
+
+@pytest.mark.parametrize("case", ["corrupt image", "grey model"])
+def test_bad_streamed_data_exits_2_naming_the_file_and_writes_nothing(tmp_path, case):
+    """A corrupt image anywhere in a streamed folder, or images whose channels the model
+    does not take: exit 2, one line naming the file, no output folder."""
+    import keras
+
+    grey = case == "grey model"
+    root = _tiny_rgb_folder(tmp_path / "imgs", corrupt=None if grey else "test/b/0001.png")
+    inputs = keras.Input((10, 12, 1 if grey else 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    keras.Model(inputs, keras.layers.Dense(2, name="logits")(x), name="tiny").save(
+        tmp_path / "tiny.keras")
+    out = tmp_path / "run"
+    # One entry point each: they load data through the same runs.py code.
+    for script in ["train_dynamic.py" if grey else "search.py"]:
+        result = run_script(script, f"--base_model={tmp_path / 'tiny.keras'}",
+                            "--dataset=image_folder", f"--data_dir={root}",
+                            f"--output_dir={out}", "--num_stages=2")
+        assert result.returncode == 2, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in result.stderr, result.stderr[-2000:]
+        if grey:
+            assert "takes images with 1 channels but dataset 'image_folder' has 3-channel" in last
+            assert str(root / "train" / "a" / "0000.png") in last
+        else:
+            assert "Cannot decode image" in last and str(root / "test/b/0001.png") in last
+        assert not out.exists()

@@ -266,21 +266,23 @@ def jpeg_splits(shared_data):
 
 
 def test_image_folder_counts(shared_data, jpeg_splits):
-    assert len(jpeg_splits.x_train) == 200
-    assert len(jpeg_splits.x_test) == 10_000
+    assert jpeg_splits.streamed
+    assert len(jpeg_splits.train) == 200
+    assert len(jpeg_splits.test) == 10_000
     assert jpeg_splits.class_names == CIFAR10_NAMES
     assert jpeg_splits.image_shape == (32, 32, 3)
     np.testing.assert_array_equal(np.bincount(jpeg_splits.y_train), [20] * 10)
     np.testing.assert_array_equal(np.bincount(jpeg_splits.y_test), [1000] * 10)
-    assert jpeg_splits.x_test.dtype == np.float32
-    assert jpeg_splits.y_test.dtype == np.int32
+    x_test, y_test = jpeg_splits.test.head(3).arrays()
+    assert x_test.dtype == np.float32 and x_test.shape == (3, 32, 32, 3)
+    assert y_test.dtype == np.int32
 
     with_val = load_dataset(
         DataConfig(
             "image_folder", str(shared_data / "cifar10-jpeg"), per_class_limit=20
         )
     )
-    assert len(with_val.x_train) == 180 and len(with_val.x_val) == 20
+    assert len(with_val.train) == 180 and len(with_val.val) == 20
     np.testing.assert_array_equal(np.bincount(with_val.y_val), [2] * 10)
 
 
@@ -295,15 +297,17 @@ def test_jpeg_copy_matches_lossless_batches(cifar_batches, jpeg_splits):
     lossless = load_dataset(
         DataConfig("cifar10", cifar_batches, validation_fraction=0, per_class_limit=20)
     )
+    jpeg_train, _ = jpeg_splits.train.arrays()
+    jpeg_test, _ = jpeg_splits.test.arrays()
     for c in range(10):
-        jpeg = jpeg_splits.x_train[jpeg_splits.y_train == c]
+        jpeg = jpeg_train[jpeg_splits.y_train == c]
         exact = lossless.x_train[lossless.y_train == c]
         per_image = np.abs(jpeg - exact).mean(axis=(1, 2, 3))
         assert per_image.mean() < 10 and per_image.max() < 15, (c, per_image)
         # And not by accident: the neighbouring image of the class is far off.
         assert np.abs(jpeg[1:] - exact[:-1]).mean(axis=(1, 2, 3)).min() > 20
     for c in (0, 9):
-        jpeg = jpeg_splits.x_test[jpeg_splits.y_test == c][:20]
+        jpeg = jpeg_test[jpeg_splits.y_test == c][:20]
         exact = lossless.x_test[lossless.y_test == c][:20]
         per_image = np.abs(jpeg - exact).mean(axis=(1, 2, 3))
         assert per_image.mean() < 10 and per_image.max() < 15, (c, per_image)
@@ -318,7 +322,7 @@ def test_channel_stats_match_numpy_and_feed_normalization():
     x[..., 2] *= 0.5
     empty = np.zeros((0, 4, 4, 3), np.float32)
     labels = np.zeros(50, np.int32)
-    splits = data.Splits(
+    splits = data.Splits.from_arrays(
         x, labels, empty, labels[:0], x, labels, 1, ["a"], (4, 4, 3), "toy"
     )
     mean, variance = splits.channel_stats()
@@ -422,7 +426,7 @@ def _toy_splits(num_classes):
     x = np.zeros((1, 4, 4, 1), np.float32)
     y = np.zeros(1, np.int32)
     names = [str(i) for i in range(num_classes)]
-    return data.Splits(x, y, x, y, x, y, num_classes, names, (4, 4, 1), "toy")
+    return data.Splits.from_arrays(x, y, x, y, x, y, num_classes, names, (4, 4, 1), "toy")
 
 
 def test_check_num_classes():
@@ -560,10 +564,10 @@ def test_tiny_image_folder_loads_png_and_jpeg(tmp_path):
     splits = load_dataset(DataConfig("image_folder", str(root), validation_fraction=0))
     assert splits.class_names == ["a", "b"]
     np.testing.assert_array_equal(np.bincount(splits.y_train), [5, 4])
-    assert splits.image_shape == (8, 8, 3) and len(splits.x_test) == 8
+    assert splits.image_shape == (8, 8, 3) and len(splits.test) == 8
     # Files are sorted per class and labels follow the sorted class names.
     first = tf.io.decode_png(tf.io.read_file(str(root / "train" / "a" / "0000.png")))
-    np.testing.assert_array_equal(splits.x_train[0], np.asarray(first))
+    np.testing.assert_array_equal(splits.train.head(1).arrays()[0][0], np.asarray(first))
 
 
 def _corrupt_image_folder(root, case):
@@ -589,11 +593,8 @@ def _corrupt_image_folder(root, case):
         return train_a / "0000.png", ValueError, "Cannot decode"
     if case == "wrong size":
         _write_image(root / "train" / "b" / "0001.png", shape=(16, 16, 3))
-        match = r"\(16, 16, 3\).*\(8, 8, 3\)"
+        match = r"16x16 but the first training image .* is 8x8.*image_size"
         return root / "train" / "b" / "0001.png", ValueError, match
-    if case == "wrong channels":
-        _write_image(root / "test" / "a" / "0002.png", shape=(8, 8, 1))
-        return root / "test" / "a" / "0002.png", ValueError, r"\(8, 8, 1\).*\(8, 8, 3\)"
     if case == "class folders differ":
         os.makedirs(root / "test" / "c")
         _write_image(root / "test" / "c" / "0000.png")
@@ -608,7 +609,6 @@ IMAGE_FOLDER_CASES = [
     "truncated jpeg",
     "corrupt first image",
     "wrong size",
-    "wrong channels",
     "class folders differ",
 ]
 

@@ -342,7 +342,8 @@ def test_saved_model_layout_and_signatures(saved_model_dir, export_root, served)
     info = served["info"]
     assert info["imported_s2dnas_tf"] is False
     assert info["signatures"] == sorted(
-        [export.SERVING_DEFAULT, export.SERVING_WITH_THRESHOLDS, export.SERVING_BATCH1]
+        [export.SERVING_DEFAULT, export.SERVING_WITH_THRESHOLDS, export.SERVING_BATCH1,
+         export.SERVING_ANY_SIZE]
     )
     assert info["outputs"] == sorted(export.OUTPUT_NAMES)
     assert served["exit_stage"].dtype == np.int32
@@ -364,6 +365,10 @@ def test_saved_model_matches_keras_and_thresholds(served, reference, digits):
     np.testing.assert_array_equal(served["exit_given"], expected_exit)
     np.testing.assert_allclose(served["logits_given"], served["logits"], atol=1e-6, rtol=0)
     np.testing.assert_array_equal(served["exit_restored_fn"], expected_exit)
+    # Raw images of another size, resized in the graph (cropped to the aspect ratio).
+    for key in ("same", "wide"):
+        np.testing.assert_array_equal(served[f"exit_any_{key}"], expected_exit)
+        np.testing.assert_allclose(served[f"logits_any_{key}"], served["logits"], atol=1e-4)
 
 
 def test_saved_model_threshold_extremes(served):
@@ -406,7 +411,7 @@ def test_static_export_has_the_same_interface(served, base, digits):
     np.testing.assert_allclose(served["static_logits"], expected, atol=1e-4, rtol=0)
     np.testing.assert_array_equal(served["static_exit"], np.ones(len(expected), np.int32))
     assert served["info"]["static_signatures"] == sorted(
-        [export.SERVING_DEFAULT, export.SERVING_BATCH1]
+        [export.SERVING_DEFAULT, export.SERVING_BATCH1, export.SERVING_ANY_SIZE]
     )
 
 
@@ -648,6 +653,16 @@ _SAVED_MODEL_SCRIPT = """
     ones = [batch1(images=tf.constant(x[i : i + 1])) for i in range(120)]
     out["logits_batch1"] = np.concatenate([a["logits"].numpy() for a in ones])
     out["exit_batch1"] = np.concatenate([a["exit_stage"].numpy() for a in ones])
+    # Any size: each pixel doubled (a bilinear halving gives it back exactly), between
+    # 4-pixel noise bands left and right that the centred square crop cuts off.
+    doubled = np.repeat(np.repeat(x, 2, axis=1), 2, axis=2)
+    noise = np.random.default_rng(0).uniform(0, 16, (len(x), doubled.shape[1], 4, 1))
+    wide = np.concatenate([noise, doubled, noise], axis=2).astype(np.float32)
+    any_size = loaded.signatures["serving_any_size"]
+    for key, images in (("same", x), ("wide", wide)):
+        answer = any_size(images=tf.constant(images))
+        out[f"logits_any_{key}"] = answer["logits"].numpy()
+        out[f"exit_any_{key}"] = answer["exit_stage"].numpy()
 
     errors = {}
     def error_of(name, fn):

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from s2dnas_tf.models import build_model, list_models, register_model
+from s2dnas_tf.models import InputPreprocessing, build_model, list_models, register_model
 from s2dnas_tf.models import registry
 from s2dnas_tf.models.mobilenetv2_cifar import make_divisible
 from s2dnas_tf.models.resnet_cifar import resnet_cifar
@@ -453,3 +453,55 @@ def test_with_input_normalization_takes_raw_pixels():
     )
     with pytest.raises(ValueError, match="need 3 values"):
         with_input_normalization(core, [1.0], [1.0])
+
+
+# ------------------------------------------------------------------ preprocessing
+
+
+@pytest.mark.parametrize("mode", ["tf", "torch", "caffe"])
+def test_input_preprocessing_is_keras_applications_preprocess_input(mode, tmp_path):
+    """The layer computes keras.applications' own preprocess_input; a model with it in
+    front saves, loads, transforms into stages (computed once, shared) and keeps its
+    outputs."""
+    from keras.applications import imagenet_utils
+
+    import s2dnas_tf as s2d
+    from s2dnas_tf.models import with_preprocessing
+
+    from tests import helpers
+
+    raw = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
+    layer = InputPreprocessing(mode)
+    np.testing.assert_allclose(
+        np.asarray(layer(raw)), imagenet_utils.preprocess_input(raw.copy(), mode=mode),
+        rtol=1e-5, atol=1e-4)
+
+    core = build_model("resnet20", num_classes=10, input_shape=(8, 8, 3), width_multiplier=0.25)
+    model = with_preprocessing(core, mode)
+    assert model.name == core.name
+    np.testing.assert_allclose(
+        np.asarray(model(raw)),
+        np.asarray(core(imagenet_utils.preprocess_input(raw.copy(), mode=mode))),
+        rtol=1e-4, atol=1e-4)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(np.asarray(loaded(raw)), np.asarray(model(raw)), atol=1e-5)
+
+    helpers.run_transform_invariants_test(loaded, num_stages=2)
+    net = s2d.transform(loaded, s2d.SearchSpace.from_model(loaded, num_stages=2).default_arch())
+    assert [l.name for l in net.layers if isinstance(l, InputPreprocessing)] == [
+        f"shared_preprocess_{mode}"]
+
+    with pytest.raises(ValueError, match="preprocess twice"):
+        with_preprocessing(model, "tf")
+
+
+def test_preprocessing_refuses_bad_modes_and_grey_images_for_rgb_modes():
+    from s2dnas_tf.models import with_preprocessing
+
+    core = build_model("resnet20", num_classes=10, input_shape=(8, 8, 1), width_multiplier=0.25)
+    assert with_preprocessing(core, "none") is core
+    with pytest.raises(ValueError, match=r"\['none', 'tf', 'torch', 'caffe'\]"):
+        with_preprocessing(core, "inception")
+    with pytest.raises(ValueError, match="RGB images"):
+        with_preprocessing(core, "caffe")

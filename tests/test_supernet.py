@@ -126,6 +126,34 @@ def test_training_a_view_trains_the_shared_weights_only_where_the_view_reads():
     assert not (changed & ~read).any()
 
 
+def test_batchnorm_recalibration_in_chunks_averages_the_chunks(monkeypatch):
+    """Large images are recalibrated in chunks: the first BatchNorm's moving mean is the
+    whole sample's mean (size-weighted chunk means); deeper ones, which see activations
+    normalised per chunk, and the variances are close to the one-batch statistics."""
+    from s2dnas_tf import supernet as supernet_lib
+
+    model = MODELS["resnet8"]
+    space = s2d.SearchSpace.from_model(model, num_stages=3)
+    supernet = Supernet(model, space)
+    supernet.set_arch(space.sample(1))
+    x = helpers.images(model, n=40, seed=3)
+    bns = [layer for layer in supernet.model.layers
+           if isinstance(layer, keras.layers.BatchNormalization)]
+    supernet.recalibrate_batchnorm(x)
+    whole = [(b.moving_mean.numpy(), b.moving_variance.numpy()) for b in bns]
+    momenta = [b.momentum for b in bns]
+    height, width = x.shape[1:3]
+    monkeypatch.setattr(supernet_lib, "RECALIBRATION_PIXELS", 16 * height * width)
+    supernet.recalibrate_batchnorm(x)  # chunks of 16, 16 and 8 images
+    assert [b.momentum for b in bns] == momenta
+    np.testing.assert_allclose(bns[0].moving_mean.numpy(), whole[0][0], rtol=1e-5, atol=1e-5)
+    for b, (mean, variance) in zip(bns, whole):
+        scale = max(1.0, float(np.abs(mean).max()))
+        np.testing.assert_allclose(b.moving_mean.numpy(), mean, atol=5e-3 * scale)
+        np.testing.assert_allclose(b.moving_variance.numpy(), variance, rtol=0.2,
+                                   atol=1e-3 * float(variance.max()))
+
+
 def test_layer_normalization_over_channels_is_refused():
     model = every_layer_cnn()
     space = s2d.SearchSpace.from_model(model, num_stages=2)

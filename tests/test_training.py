@@ -223,7 +223,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, digits):
     training.train(small_model_fn(digits), digits, config)
     checkpoint = tmp_path / "checkpoint.keras"
     good = checkpoint.read_bytes()
-    poisoned = data.Splits(
+    poisoned = data.Splits.from_arrays(
         x_train=np.full_like(digits.x_train, np.nan),
         y_train=digits.y_train,
         x_val=digits.x_val,
@@ -309,7 +309,7 @@ from s2dnas_tf import data, training
 
 distill_weight = float(sys.argv[1])
 splits = data.load_dataset(data.DataConfig(name="digits"))
-splits = dataclasses.replace(splits, x_train=splits.x_train[:64], y_train=splits.y_train[:64])
+splits = dataclasses.replace(splits, train=splits.train.head(64))
 
 
 def teacher():
@@ -490,7 +490,7 @@ def test_bn_momentum_moves_the_moving_statistics_by_that_momentum(tmp_path, digi
     bn.moving_mean.assign(old_mean)
     bn.moving_variance.assign(old_var)
     # The training split is exactly one batch: whatever the shuffle, the step sees it all.
-    batch = dataclasses.replace(digits, x_train=digits.x_train[:32], y_train=digits.y_train[:32])
+    batch = dataclasses.replace(digits, train=digits.train.head(32))
     bn_input = np.asarray(keras.Model(inner.input, bn.input)(batch.x_train), np.float64)
     batch_mean = bn_input.mean(axis=(0, 1, 2))
     batch_var = bn_input.var(axis=(0, 1, 2))  # biased, as Keras's BatchNormalization

@@ -16,7 +16,13 @@ Datasets (`DataConfig.name`), one module each:
 - `"cifar10"` / `"cifar100"` (`cifar`): the python-batches layout in `data_dir`, or a
   `keras.datasets` download with `data_dir=None`.
 - `"image_folder"` (`image_folder`): `data_dir/train/<class>/*.{jpg,jpeg,png}` and
-  `data_dir/test/<class>/...`, every image the same size.
+  `data_dir/test/<class>/...`, streamed; any sizes with `image_size`.
+- `"tfrecord"` (`records`): `tf.train.Example` files of encoded images and labels in
+  `data_dir`, streamed.
+- `"tfds:NAME"` (`records`): a TFDS dataset already prepared in `data_dir`, streamed.
+
+The first four are held in memory (`ArraySplit`); the others stream from their files
+(`StreamSplit`): only labels and file names are held, whatever the dataset's size.
 
 Bad data raises an error that names the file or folder and what is wrong:
 `FileNotFoundError` for a missing folder or file, `ValueError` for unreadable or
@@ -24,30 +30,53 @@ inconsistent content or an invalid config.
 
 Modules, each importing only those above it:
 - `config`: `DataConfig`.
-- `splits`: `Splits`, `check_num_classes`, and the per-class limit and the
-  validation split.
-- `digits`, `cifar`, `image_folder`: the sources, each a
-  `load_<name>(config) -> ((x_train, y_train), (x_test, y_test), class_names)`
-  returning raw pixels (float32 or uint8, NHWC, 0..255) and int labels.
-- `loading`: `load_dataset` and `DATASET_NAMES`, the table of sources.
 - `augment`: the CIFAR augmentation.
-- `pipelines`: `make_dataset`.
+- `pipelines`: `make_dataset` and `predict_dataset`, the pipelines of arrays.
+- `splits`: `Split` (`ArraySplit`, `StreamSplit`), `Splits`, `check_num_classes`,
+  `check_image_shape`, and the per-class limit and the validation split.
+- `decoding`: image bytes -> pixels of one size, and the scan that checks every file.
+- `digits`, `cifar`, `image_folder`, `records`: the sources, each a
+  `load_<name>(config) -> (train, test, class_names)` returning two `Split`s, or two
+  `(x, y)` pairs of raw pixels (float32 or uint8, NHWC, 0..255) and int labels.
+- `loading`: `load_dataset`, `load_dataset_for` (a model's input size and checks) and
+  `DATASET_NAMES`, the table of sources.
 
 The public names are those in `__all__`; the submodules' other names are internal.
 """
 
 from s2dnas_tf.data.config import DataConfig
-from s2dnas_tf.data.splits import Splits, check_num_classes
-from s2dnas_tf.data.loading import DATASET_NAMES, DIGITS_DATASETS, load_dataset
 from s2dnas_tf.data.pipelines import make_dataset, predict_dataset
+from s2dnas_tf.data.splits import (
+    ArraySplit,
+    Split,
+    Splits,
+    StreamSplit,
+    check_image_shape,
+    check_num_classes,
+    image_batches,
+)
+from s2dnas_tf.data.loading import (
+    DATASET_NAMES,
+    DIGITS_DATASETS,
+    IN_MEMORY_DATASETS,
+    load_dataset,
+    load_dataset_for,
+)
 
 __all__ = [
+    "ArraySplit",
     "DATASET_NAMES",
     "DIGITS_DATASETS",
     "DataConfig",
+    "IN_MEMORY_DATASETS",
+    "Split",
     "Splits",
+    "StreamSplit",
+    "check_image_shape",
     "check_num_classes",
+    "image_batches",
     "load_dataset",
+    "load_dataset_for",
     "make_dataset",
     "predict_dataset",
 ]

@@ -1,24 +1,25 @@
-"""The `"image_folder"` source: one folder of images per class, decoded into memory.
+"""The `"image_folder"` source: one folder of images per class, streamed from the files.
 
 `data_dir/train/<class>/*.{jpg,jpeg,png}` and `data_dir/test/<class>/...` (the layout
 of `keras.utils.image_dataset_from_directory`, not recursive). Class names and files
-are sorted; labels are class indices in sorted order. Every image of both sets must
-share the HxWxC of the first training image (no resizing, no colour conversion).
+are sorted; labels are class indices in sorted order. Only the file list and the labels
+are held in memory; images are decoded batch by batch (`s2dnas_tf.data.decoding`),
+resized to `DataConfig.image_size` when it is set; without it every image must have the
+first training image's height and width.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from s2dnas_tf.data import decoding
 from s2dnas_tf.data.config import DataConfig
+from s2dnas_tf.data.splits import StreamSource, StreamSplit
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-# Images per decoding batch: large enough that Python's per-batch cost is negligible.
-_DECODE_BATCH_SIZE = 1024
 
 
 def _class_folders(split_dir: str) -> list[str]:
@@ -53,78 +54,83 @@ def _image_files(class_dir: str, limit: int | None) -> list[str]:
     return [os.path.join(class_dir, name) for name in names[:limit]]
 
 
-def _decode_eagerly(path: str) -> np.ndarray:
-    """Decodes one file, with an error naming it when it is not a readable image."""
-    try:
-        return tf.io.decode_image(
-            tf.io.read_file(path), expand_animations=False
-        ).numpy()
-    except (tf.errors.OpError, ValueError) as err:
-        message = getattr(err, "message", str(err))
-        raise ValueError(
-            f"Cannot decode image {path}: it is corrupt or not a JPEG/PNG ({message})."
-        ) from err
+class EncodedImages(StreamSource):
+    """Streams encoded images: `raw` elements -> bytes (`encoded`) -> pixels. Subclasses
+    say where the bytes are; this class scans them and fixes the set's image shape."""
+
+    def encoded(self, raw: tf.Tensor) -> tf.Tensor:
+        raise NotImplementedError
+
+    def configure(self, channels, image_size, crop_to_aspect_ratio, shape) -> None:
+        self._decode_args = (channels, image_size, crop_to_aspect_ratio, shape)
+
+    def decode(self, raw):
+        return decoding.decode_image(self.encoded(raw), *self._decode_args)
 
 
-def _decode_images(
-    paths: Sequence[str], shape: tuple[int, int, int], reference: str
-) -> np.ndarray:
-    """Decodes `paths` in parallel into uint8 `[N, *shape]`; every image must match.
+class _Files(EncodedImages):
+    random_access = True
 
-    A tf.data map cannot say which file failed, so each element carries its index:
-    failed decodes are dropped (`ignore_errors`) and found as missing indices, and a
-    wrong-sized image comes back with its shape instead of its pixels. The offending
-    file is then named.
+    def __init__(self, paths: list[str]):
+        self.paths = np.asarray(paths, dtype=object)
+
+    def elements(self, indices):
+        chosen = [str(p) for p in self.paths[np.asarray(indices, np.int64)]]
+        return tf.data.Dataset.from_tensor_slices(tf.constant(chosen, tf.string))
+
+    def encoded(self, raw):
+        return tf.io.read_file(raw)
+
+    def name(self, index):
+        return str(self.paths[index])
+
+    def diagnose(self, index):
+        decoding.decode_error(self.name(index), tf.io.read_file(self.name(index)))
+
+
+def image_shapes(source: EncodedImages, count: int) -> np.ndarray:
+    """Every image's native (height, width, channels), from a scan naming a bad file."""
+
+    def inspect(raw):
+        image = tf.io.decode_image(source.encoded(raw), expand_animations=False)
+        return tf.shape(image, out_type=tf.int32), tf.constant(-1, tf.int64)
+
+    shapes, _ = decoding.scan(
+        source.elements(np.arange(count)), count, inspect, source.diagnose, source.name)
+    return shapes
+
+
+def fix_shape(config: DataConfig, parts) -> tuple[int, int, int]:
+    """Fixes the set's image shape from each part's `(source, native shapes)` (train
+    first) and configures the sources to decode to it.
+
+    Raises:
+        ValueError: Without `image_size`, if an image's height and width differ from
+            the first training image's (naming both files).
     """
-    expected = tf.constant(shape, dtype=tf.int32)
-
-    def decode(index, path):
-        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
-        image_shape = tf.shape(image, out_type=tf.int32)
-        matches = tf.reduce_all(tf.equal(image_shape, expected))
-        image = tf.cond(
-            matches,
-            lambda: tf.reshape(image, shape),
-            lambda: tf.zeros(shape, dtype=tf.uint8),
-        )
-        return index, image_shape, image
-
-    ds = (
-        tf.data.Dataset.from_tensor_slices(list(paths))
-        .enumerate()
-        .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-        .ignore_errors()
-        .batch(_DECODE_BATCH_SIZE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    images = np.zeros((len(paths),) + tuple(shape), dtype=np.uint8)
-    decoded = np.zeros(len(paths), dtype=bool)
-    wrong_shapes = {}
-    for indices, image_shapes, batch in ds.as_numpy_iterator():
-        images[indices] = batch
-        decoded[indices] = True
-        for i in np.flatnonzero(np.any(image_shapes != shape, axis=1)):
-            wrong_shapes[int(indices[i])] = tuple(int(d) for d in image_shapes[i])
-
-    failed = np.flatnonzero(~decoded)
-    if len(failed):
-        more = f" ({len(failed) - 1} more files failed too)" if len(failed) > 1 else ""
-        try:
-            _decode_eagerly(paths[failed[0]])
-        except ValueError as err:
-            raise ValueError(f"{err}{more}") from err
-        # Decoded fine alone: a transient read error; say so rather than guess.
-        raise ValueError(f"Cannot read image {paths[failed[0]]}{more}.")
-    if wrong_shapes:
-        first = min(wrong_shapes)
-        others = len(wrong_shapes) - 1
-        more = f" ({others} more differ too)" if others else ""
-        raise ValueError(
-            f"Image {paths[first]} has size {wrong_shapes[first]} (HxWxC) but all "
-            f"images must share the size {tuple(shape)} of the first training image "
-            f"{reference}{more}."
-        )
-    return images
+    channels = decoding.set_channels(np.concatenate([s[:, 2] for _, s in parts]))
+    first_source, first_shapes = parts[0]
+    if config.image_size is None:
+        size = tuple(int(d) for d in first_shapes[0, :2])
+        for source, shapes in parts:
+            wrong = np.flatnonzero(np.any(shapes[:, :2] != size, axis=1))
+            if len(wrong):
+                others = len(wrong) - 1
+                more = f" ({others} more differ too)" if others else ""
+                raise ValueError(
+                    f"Image {source.name(int(wrong[0]))} is "
+                    f"{shapes[wrong[0], 0]}x{shapes[wrong[0], 1]} but the first training "
+                    f"image {first_source.name(0)} is {size[0]}x{size[1]}{more}. Pass "
+                    "image_size (--image_size=HEIGHT,WIDTH) to resize every image, or "
+                    "use images of one size."
+                )
+    else:
+        size = tuple(int(d) for d in config.image_size)
+    shape = size + (channels,)
+    for source, _ in parts:
+        source.configure(channels, config.image_size and size,
+                         config.crop_to_aspect_ratio, shape)
+    return shape
 
 
 def load_image_folder(config: DataConfig):
@@ -151,12 +157,16 @@ def load_image_folder(config: DataConfig):
             files = _image_files(os.path.join(split_dir, name), limit)
             paths += files
             labels += [label] * len(files)
-        return paths, np.asarray(labels, dtype=np.int64)
+        return _Files(paths), np.asarray(labels, dtype=np.int64)
 
-    # The limit applies while listing, so unused files are never decoded.
-    train_paths, y_train = listing(train_dir, config.per_class_limit)
-    test_paths, y_test = listing(test_dir, None)
-    shape = _decode_eagerly(train_paths[0]).shape
-    x_train = _decode_images(train_paths, shape, reference=train_paths[0])
-    x_test = _decode_images(test_paths, shape, reference=train_paths[0])
-    return (x_train, y_train), (x_test, y_test), class_names
+    # The limit applies while listing, so unused files are never read.
+    train, y_train = listing(train_dir, config.per_class_limit)
+    test, y_test = listing(test_dir, None)
+    parts = [(train, image_shapes(train, len(y_train))),
+             (test, image_shapes(test, len(y_test)))]
+    shape = fix_shape(config, parts)
+    return (
+        StreamSplit(train, np.arange(len(y_train)), y_train, shape),
+        StreamSplit(test, np.arange(len(y_test)), y_test, shape),
+        class_names,
+    )

@@ -18,14 +18,18 @@ functions apply the exit rule in TensorFlow control flow (`DynamicModule`):
    taken produces no placeholder feature maps (it answers with what it has).
 
 `export_saved_model` writes it at `<export_dir>/<name>/<version>/` (TF Serving's layout). The
-SavedModel loads with TensorFlow alone and has three signatures, all returning `logits`
+SavedModel loads with TensorFlow alone and has four signatures, all returning `logits`
 [N, K] and `probabilities` [N, K] of the stage where each sample exited and `exit_stage`
 int32 [N] (1-based):
 
 - `serving_default(images)`: thresholds are the model's variable `thresholds` (S - 1 floats);
 - `serving_with_thresholds(images, thresholds)`: thresholds given with each call;
 - `serving_batch1(images)`: one image [1, H, W, C], a plain `tf.cond` per stage and no
-  gather/scatter; the function `convert_to_tflite` converts (TFLite `IF` ops).
+  gather/scatter; the function `convert_to_tflite` converts (TFLite `IF` ops);
+- `serving_any_size(images)`: raw images [N, h, w, C] of any size (one per call), resized
+  to H x W in the graph the way the training images were (`data.decoding.resize_images`:
+  bilinear, after a centred crop to the model's aspect ratio unless the module was made
+  with `crop_to_aspect_ratio=False`), then `serving_default`.
 
 Images are raw pixels (the models carry their own normalisation), float32 [N, H, W, C];
 an empty batch gets empty answers. A signature's declared shape is not enforced by
@@ -40,7 +44,8 @@ branches run only for an image that has not exited, with every variable (weights
 thresholds) frozen into constants; float32, or int8 with a float32 interface. The TFLite
 model takes [1, H, W, C] float32; LiteRT rejects another dtype, but its signature runner
 resizes the input to whatever shape it is given (the in-graph check does not survive
-conversion), so a client should send exactly [1, H, W, C].
+conversion), so a client should send exactly [1, H, W, C] (TFLite takes the model's fixed
+size; resize on the device, or use the SavedModel's `serving_any_size`).
 
 `export_static` writes a static model with the same interface (`exit_stage` always 1), so
 static and dynamic models can be served and timed the same way.
@@ -50,6 +55,7 @@ from s2dnas_tf.export.folding import fold_batchnorm
 from s2dnas_tf.export.saved_model import export_saved_model, export_static
 from s2dnas_tf.export.serving import (
     OUTPUT_NAMES,
+    SERVING_ANY_SIZE,
     SERVING_BATCH1,
     SERVING_DEFAULT,
     SERVING_WITH_THRESHOLDS,
@@ -63,6 +69,7 @@ __all__ = [
     "DynamicModule",
     "IMAGES_KEY",
     "OUTPUT_NAMES",
+    "SERVING_ANY_SIZE",
     "SERVING_BATCH1",
     "SERVING_DEFAULT",
     "SERVING_WITH_THRESHOLDS",

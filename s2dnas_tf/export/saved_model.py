@@ -23,6 +23,7 @@ def export_saved_model(
     name: str,
     version: int = 1,
     overwrite: bool = False,
+    crop_to_aspect_ratio: bool = True,
 ) -> str:
     """Writes the dynamic-inference SavedModel to `<export_dir>/<name>/<version>/`.
 
@@ -39,6 +40,9 @@ def export_saved_model(
         name: Model name: the base directory's name, one path component.
         version: TF Serving version number, a non-negative integer.
         overwrite: Replace an existing version directory.
+        crop_to_aspect_ratio: How `serving_any_size` resizes images of another size:
+            as the training data was (`DataConfig.crop_to_aspect_ratio`). Not for a
+            `DynamicModule`, which has its own.
 
     Returns:
         The version directory's path.
@@ -60,7 +64,7 @@ def export_saved_model(
                 "Expected S - 1 exit thresholds for a multi-stage network. Received: "
                 "thresholds=None"
             )
-        module = DynamicModule(net, thresholds)
+        module = DynamicModule(net, thresholds, crop_to_aspect_ratio=crop_to_aspect_ratio)
     return write_saved_model(module, export_dir, name, version, overwrite)
 
 
@@ -70,10 +74,11 @@ def export_static(
     name: str,
     version: int = 1,
     overwrite: bool = False,
+    crop_to_aspect_ratio: bool = True,
 ) -> str:
     """Writes a static model with the dynamic export's interface (see `StaticModule`).
 
-    Signatures `serving_default` and `serving_batch1`: images -> `logits`,
+    Signatures `serving_default`, `serving_batch1` and `serving_any_size`: images -> `logits`,
     `probabilities`, `exit_stage` (all 1). Same layout and overwrite rule as
     `export_saved_model`; `convert_to_tflite` converts it too.
 
@@ -83,6 +88,7 @@ def export_static(
         name: Model name: the base directory's name, one path component.
         version: TF Serving version number, a non-negative integer.
         overwrite: Replace an existing version directory.
+        crop_to_aspect_ratio: As in `export_saved_model`.
 
     Returns:
         The version directory's path.
@@ -92,7 +98,8 @@ def export_static(
         TypeError, ValueError: On an invalid model, `name` or `version`.
     """
     _check_name_and_version(name, version)
-    module = model if isinstance(model, StaticModule) else StaticModule(model)
+    module = model if isinstance(model, StaticModule) else StaticModule(
+        model, crop_to_aspect_ratio=crop_to_aspect_ratio)
     return write_saved_model(module, export_dir, name, version, overwrite)
 
 

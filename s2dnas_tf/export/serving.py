@@ -13,12 +13,14 @@ import numpy as np
 import tensorflow as tf
 
 from s2dnas_tf import conventions
+from s2dnas_tf.data.decoding import resize_images
 from s2dnas_tf.export.folding import fold_batchnorm
 from s2dnas_tf.export.stages import IMAGES_KEY, SplitNet, call_stage, split_stages
 
 SERVING_DEFAULT = "serving_default"
 SERVING_WITH_THRESHOLDS = "serving_with_thresholds"
 SERVING_BATCH1 = "serving_batch1"
+SERVING_ANY_SIZE = "serving_any_size"
 OUTPUT_NAMES = ("logits", "probabilities", "exit_stage")
 
 
@@ -33,6 +35,8 @@ class DynamicModule(tf.Module):
         serve_with_thresholds: tf.function (images, thresholds float32 [S - 1]) -> the same.
         serve_batch1: tf.function images float32 [1, H, W, C] -> the same: one `tf.cond` per
             stage s >= 2 and no gather/scatter (the function TFLite converts).
+        serve_any_size: tf.function images float32 [N, h, w, C] of any h, w -> `serve` of
+            them resized to H x W in the graph (`resize_images`, as the training data was).
         stage_models: The per-stage Keras models (tracked, so their weights are saved).
     """
 
@@ -42,6 +46,7 @@ class DynamicModule(tf.Module):
         thresholds: Sequence[float],
         name: str | None = None,
         fold_bn: bool = True,
+        crop_to_aspect_ratio: bool = True,
     ):
         """Builds the module.
 
@@ -52,6 +57,9 @@ class DynamicModule(tf.Module):
             name: Module name; defaults to the network's.
             fold_bn: Fold conv + BatchNormalization pairs of a keras.Model `net`
                 first (`fold_batchnorm`): the same outputs, fewer ops per stage.
+            crop_to_aspect_ratio: How `serve_any_size` resizes (`DataConfig`'s option of
+                the same name): crop the centred window of the model's aspect ratio
+                first, or stretch.
 
         Raises:
             TypeError: If `thresholds` is not a sequence of real numbers.
@@ -87,6 +95,8 @@ class DynamicModule(tf.Module):
         self.serve_batch1 = tf.function(
             self._serve_batch1, input_signature=[batch1_spec], autograph=False
         )
+        self.serve_any_size = _any_size_function(
+            self._serve, split.image_shape, crop_to_aspect_ratio)
 
     @property
     def num_stages(self) -> int:
@@ -102,6 +112,7 @@ class DynamicModule(tf.Module):
             SERVING_DEFAULT: self.serve.get_concrete_function(),
             SERVING_WITH_THRESHOLDS: self.serve_with_thresholds.get_concrete_function(),
             SERVING_BATCH1: self.serve_batch1.get_concrete_function(),
+            SERVING_ANY_SIZE: self.serve_any_size.get_concrete_function(),
         }
 
     def _serve(self, images):
@@ -204,7 +215,8 @@ class StaticModule(tf.Module):
     so a static and a dynamic export are served and timed the same way.
     """
 
-    def __init__(self, model: keras.Model, name: str | None = None, fold_bn: bool = True):
+    def __init__(self, model: keras.Model, name: str | None = None, fold_bn: bool = True,
+                 crop_to_aspect_ratio: bool = True):
         """Builds the module.
 
         Args:
@@ -214,6 +226,7 @@ class StaticModule(tf.Module):
             name: Module name; defaults to the model's.
             fold_bn: Serve `fold_batchnorm(model)` (functional/Sequential models;
                 others are served as they are), as `DynamicModule` does.
+            crop_to_aspect_ratio: How `serve_any_size` resizes, as in `DynamicModule`.
 
         Raises:
             TypeError: If `model` is not a keras.Model.
@@ -254,6 +267,8 @@ class StaticModule(tf.Module):
         self.serve_batch1 = tf.function(
             self._serve, input_signature=[batch1_spec], autograph=False
         )
+        self.serve_any_size = _any_size_function(
+            self._serve, self._image_shape, crop_to_aspect_ratio)
 
     @property
     def num_stages(self) -> int:
@@ -264,6 +279,7 @@ class StaticModule(tf.Module):
         return {
             SERVING_DEFAULT: self.serve.get_concrete_function(),
             SERVING_BATCH1: self.serve_batch1.get_concrete_function(),
+            SERVING_ANY_SIZE: self.serve_any_size.get_concrete_function(),
         }
 
     def _serve(self, images):
@@ -272,6 +288,22 @@ class StaticModule(tf.Module):
         if self._ends_in_softmax:
             scores = tf.math.log(tf.maximum(scores, np.finfo(np.float32).tiny))
         return _named_outputs(scores, tf.ones(tf.shape(images)[:1], tf.int32))
+
+
+def _any_size_function(serve, image_shape: tuple[int, int, int], crop_to_aspect_ratio: bool):
+    """`serve` behind an in-graph resize: raw images [N, h, w, C] of any h, w (one size per
+    call) are resized to `image_shape` the way the training images were
+    (`data.decoding.resize_images`; an image of the model's size passes unchanged)."""
+    if not isinstance(crop_to_aspect_ratio, bool):
+        raise TypeError(
+            "Expected crop_to_aspect_ratio to be True or False. Received: "
+            f"crop_to_aspect_ratio={crop_to_aspect_ratio!r}")
+    spec = tf.TensorSpec((None, None, None, image_shape[-1]), tf.float32, name="images")
+
+    def serve_any_size(images):
+        return serve(resize_images(images, image_shape[:2], crop_to_aspect_ratio))
+
+    return tf.function(serve_any_size, input_signature=[spec], autograph=False)
 
 
 def _check_images(images: tf.Tensor, image_shape: tuple[int, ...]) -> tf.Tensor:

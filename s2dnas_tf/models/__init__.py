@@ -6,6 +6,11 @@ model = build_model("resnet20", num_classes=10)  # logits, no softmax
 ```
 """
 
+from s2dnas_tf.models.preprocessing import (
+    PREPROCESSING_MODES,
+    InputPreprocessing,
+    with_preprocessing,
+)
 from s2dnas_tf.models.registry import (
     build_model,
     list_models,
@@ -18,4 +23,12 @@ from s2dnas_tf.models import mobilenetv2_cifar as _mobilenetv2_cifar  # noqa: F4
 from s2dnas_tf.models import resnet_cifar as _resnet_cifar  # noqa: F401
 from s2dnas_tf.models import vgg_cifar as _vgg_cifar  # noqa: F401
 
-__all__ = ["build_model", "list_models", "register_model", "with_input_normalization"]
+__all__ = [
+    "PREPROCESSING_MODES",
+    "InputPreprocessing",
+    "build_model",
+    "list_models",
+    "register_model",
+    "with_input_normalization",
+    "with_preprocessing",
+]

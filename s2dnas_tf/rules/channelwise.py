@@ -7,6 +7,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from s2dnas_tf.models.preprocessing import InputPreprocessing
 from s2dnas_tf.rules.base import (
     LayerRule,
     Piece,
@@ -263,3 +264,18 @@ except ImportError:  # pragma: no cover - another Keras layout: ConvNeXt is then
     _LayerScale = None
 if _LayerScale is not None:
     register_rule(_LayerScale)(ProjectionDimRule())
+
+
+class InputOnlyRule(LayerRule):
+    """Layers that only make sense on the input image (`InputPreprocessing`: its caffe mode
+    reverses the channel order): computed once, shared by every stage; anywhere else the
+    model is refused."""
+
+    def analyse(self, node, ana):  # only reached when the input is not the image alone
+        raise UnsupportedLayerError(
+            f"{node.name!r} ({type(node.layer).__name__}) must read the input image (before "
+            "any channel-mixing layer); s2dnas_tf cannot split it between stages."
+        )
+
+
+register_rule(InputPreprocessing)(InputOnlyRule())
