@@ -41,6 +41,32 @@ FLAGS = flags.FLAGS
 _PEAK = re.compile(r"total wall time (\d+) s, peak resident memory ([0-9.]+) GB")
 
 
+def _rss_gb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    return 0.0
+
+
+def _watch(process: subprocess.Popen, log_path: str) -> tuple[float, str]:
+    """Polls the run's resident memory every 0.5 s until it ends; returns the largest and
+    the log's last line at that moment (the phase that needed it)."""
+    peak, phase = 0.0, ""
+    while process.poll() is None:
+        try:
+            rss = _rss_gb(process.pid)
+        except OSError:
+            break
+        if rss > peak:
+            with open(log_path, errors="replace") as f:
+                lines = [line.strip() for line in f if line.strip()]
+            peak, phase = rss, (lines[-1][:160] if lines else "start")
+        time.sleep(0.5)
+    process.wait()
+    return peak, phase
+
+
 def _base_model(path: str) -> None:
     if os.path.exists(path):
         return
@@ -68,9 +94,12 @@ def _run(per_class: int, base: str) -> dict:
         ]
         print(f"per class {per_class}: {' '.join(command)}", flush=True)
         with open(log_path, "w") as log:
-            status = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-        if status:
-            raise RuntimeError(f"search.py failed (exit {status}); see {log_path}")
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            peak, phase = _watch(process, log_path)
+        if process.returncode:
+            raise RuntimeError(f"search.py failed (exit {process.returncode}); see {log_path}")
+        with open(run_dir + ".peak.json", "w") as f:
+            json.dump({"peak_rss_gb": peak, "phase": phase}, f)
     with open(log_path) as f:
         found = _PEAK.findall(f.read())
     if not found:
@@ -78,6 +107,10 @@ def _run(per_class: int, base: str) -> dict:
     seconds, peak = found[-1]
     with open(os.path.join(run_dir, "report.json")) as f:
         report = json.load(f)
+    phase = None
+    if os.path.exists(run_dir + ".peak.json"):
+        with open(run_dir + ".peak.json") as f:
+            phase = json.load(f)["phase"]
     return {
         "per_class": per_class,
         "train_images": report.get("num_train"),
@@ -85,6 +118,7 @@ def _run(per_class: int, base: str) -> dict:
         "wall_seconds": int(seconds),
         "test_accuracy": report["dynamic"]["accuracy"],
         "flops_ratio": report["dynamic"]["flops_ratio"],
+        "peak_during": phase,
     }
 
 

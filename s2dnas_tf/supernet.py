@@ -354,7 +354,7 @@ class Supernet:
 
     def evaluate(
         self, arch: space_lib.Arch, bn_images: np.ndarray,
-        images: np.ndarray | data_lib.Split, batch_size: int = 256,
+        images: np.ndarray | data_lib.Split, batch_size: int | None = None,
     ) -> tuple[np.ndarray, list[int]]:
         """Scores `arch` from the shared weights: its view, BatchNorm statistics from
         `bn_images` (training images), then every stage's softmax on `images` (an array

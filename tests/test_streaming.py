@@ -289,3 +289,13 @@ def test_data_for_a_model_takes_its_input_size_and_refuses_other_channels(tmp_pa
 def test_bad_stream_configs(config, match):
     with pytest.raises(ValueError, match=match):
         load_dataset(config)
+
+
+def test_prediction_batches_shrink_with_the_image_size():
+    """256 small images per prediction batch, 32 of 224x224 (activation memory)."""
+    assert data.predict_batch_size((8, 8, 1)) == 256
+    assert data.predict_batch_size((32, 32, 3)) == 256
+    assert data.predict_batch_size((224, 224, 3)) == 32
+    assert data.predict_batch_size((2000, 3000, 3)) == 1
+    x = np.zeros((70, 224, 224, 3), np.float32)
+    assert [int(b.shape[0]) for b in data.image_batches(x)] == [32, 32, 6]

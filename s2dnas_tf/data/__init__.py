@@ -54,6 +54,7 @@ from s2dnas_tf.data.splits import (
     check_image_shape,
     check_num_classes,
     image_batches,
+    predict_batch_size,
 )
 from s2dnas_tf.data.loading import (
     DATASET_NAMES,
@@ -78,5 +79,6 @@ __all__ = [
     "load_dataset",
     "load_dataset_for",
     "make_dataset",
+    "predict_batch_size",
     "predict_dataset",
 ]

@@ -36,6 +36,19 @@ from s2dnas_tf.data.pipelines import make_dataset, parallel_calls, predict_datas
 SHUFFLE_BUFFER = 4096
 
 
+# Pixels per prediction batch: 32 images of 224x224. Activations grow with the pixels, and a
+# 224x224 MobileNetV2 predicting batches of 256 needed 3.3 GB; CIFAR keeps batches of 256.
+PREDICT_PIXELS = 32 * 224 * 224
+MAX_PREDICT_BATCH = 256
+
+
+def predict_batch_size(image_shape) -> int:
+    """The prediction batch size for images of `image_shape`: 256 for small images, fewer
+    for large ones (at most `PREDICT_PIXELS` pixels per batch, at least 1 image)."""
+    pixels = max(1, int(image_shape[0]) * int(image_shape[1]))
+    return max(1, min(MAX_PREDICT_BATCH, PREDICT_PIXELS // pixels))
+
+
 def _check_batching(batch_size, seed) -> None:
     if not is_int(batch_size) or batch_size < 1:
         raise ValueError(
@@ -80,8 +93,9 @@ class Split:
         """
         raise NotImplementedError
 
-    def images(self, batch_size: int = 256) -> tf.data.Dataset:
-        """Batches of images only (float32), in the split's order: for `Model.predict`."""
+    def images(self, batch_size: int | None = None) -> tf.data.Dataset:
+        """Batches of images only (float32), in the split's order: for `Model.predict`.
+        `batch_size` None: `predict_batch_size(image_shape)`."""
         raise NotImplementedError
 
     def select(self, indices) -> Split:
@@ -114,7 +128,7 @@ class Split:
         # Per-batch mean and squared deviations, merged in float64 (Chan et al.): one
         # pass, exact enough, and no float64 copy of the set.
         count, mean, m2 = 0, None, None
-        for batch in self.images(256).as_numpy_iterator():
+        for batch in self.images().as_numpy_iterator():
             pixels = batch.reshape(-1, batch.shape[-1]).astype(np.float64)
             n = len(pixels)
             batch_mean = pixels.mean(axis=0)
@@ -155,8 +169,8 @@ class ArraySplit(Split):
         return make_dataset(self.x, self.labels, batch_size, training=training,
                             augment=augment, seed=seed, drop_remainder=drop_remainder)
 
-    def images(self, batch_size=256):
-        return predict_dataset(self.x, batch_size)
+    def images(self, batch_size=None):
+        return predict_dataset(self.x, batch_size or predict_batch_size(self.image_shape))
 
     def select(self, indices):
         return ArraySplit(self.x[np.asarray(indices, np.int64)],
@@ -238,7 +252,8 @@ class StreamSplit(Split):
             )
         return ds.prefetch(tf.data.AUTOTUNE)
 
-    def images(self, batch_size=256):
+    def images(self, batch_size=None):
+        batch_size = batch_size or predict_batch_size(self.image_shape)
         _check_batching(batch_size, 0)
         decode = self.source.decode
         ds = self.source.elements(self.indices).map(decode, num_parallel_calls=parallel_calls())
@@ -250,7 +265,7 @@ class StreamSplit(Split):
                            self.image_shape)
 
     def arrays(self):
-        batches = list(self.images(256).as_numpy_iterator())
+        batches = list(self.images().as_numpy_iterator())
         x = (np.concatenate(batches) if batches
              else np.zeros((0,) + self.image_shape, np.float32))
         return x, self.labels
@@ -338,12 +353,12 @@ class Splits:
         return self.train.channel_stats()
 
 
-def image_batches(x: np.ndarray | Split, batch_size: int = 256) -> tf.data.Dataset:
+def image_batches(x: np.ndarray | Split, batch_size: int | None = None) -> tf.data.Dataset:
     """Batches of images for `Model.predict`, in order: of an array, or of a `Split`
-    (streamed if it is)."""
+    (streamed if it is). `batch_size` None: `predict_batch_size` of the images' shape."""
     if isinstance(x, Split):
         return x.images(batch_size)
-    return predict_dataset(x, batch_size)
+    return predict_dataset(x, batch_size or predict_batch_size(np.shape(x)[1:3]))
 
 
 def check_num_classes(splits: Splits, model: keras.Model) -> None:
