@@ -88,3 +88,12 @@ def ends_in_softmax(model: keras.Model) -> bool:
     has a softmax activation (keras.applications' default `classifier_activation`)."""
     last = model.layers[-1]
     return is_softmax_layer(last) or has_softmax_activation(last)
+
+
+def leaf_layers(model: keras.Model):
+    """The layers of `model`, nested models' layers in place of the nested models."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from leaf_layers(layer)
+        else:
+            yield layer

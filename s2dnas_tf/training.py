@@ -28,6 +28,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from s2dnas_tf import conventions
 from s2dnas_tf import data as data_lib
 from s2dnas_tf import fileio
 
@@ -337,7 +338,7 @@ def train(
         net = model_fn()
         data_lib.check_num_classes(splits, net)
         if config.bn_momentum is not None:
-            for layer in _all_layers(net):
+            for layer in conventions.leaf_layers(net):
                 if isinstance(layer, keras.layers.BatchNormalization):
                     layer.momentum = config.bn_momentum
         num_outputs = len(net.outputs)
@@ -428,13 +429,6 @@ def train(
         )
     return net, {k: [float(v) for v in vals] for k, vals in history.history.items()}
 
-
-def _all_layers(model: keras.Model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
 
 
 def predict_stage_probabilities(

@@ -12,7 +12,7 @@ from s2dnas_tf import conventions
 def randomize_normalization_stats(model: keras.Model, seed: int = 0) -> keras.Model:
     """Gives BatchNorm layers non-trivial statistics, so a wrongly sliced BN shows."""
     rng = np.random.default_rng(seed)
-    for layer in _all_layers(model):
+    for layer in conventions.leaf_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             values = []
             for w in layer.weights:
@@ -26,13 +26,6 @@ def randomize_normalization_stats(model: keras.Model, seed: int = 0) -> keras.Mo
             layer.set_weights(values)
     return model
 
-
-def _all_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
 
 
 def images(model: keras.Model, n: int = 2, seed: int = 0, scale: float = 1.0) -> np.ndarray:

@@ -29,6 +29,17 @@ def parallel_calls():
     return None if _op_determinism_enabled() else tf.data.AUTOTUNE
 
 
+def check_batching(batch_size, seed) -> None:
+    """Raises a ValueError unless `batch_size` is an int >= 1 and `seed` an int."""
+    if not is_int(batch_size) or batch_size < 1:
+        raise ValueError(
+            "Expected `batch_size` to be an integer >= 1. "
+            f"Received: batch_size={batch_size!r}"
+        )
+    if not is_int(seed):
+        raise ValueError(f"Expected `seed` to be an integer. Received: seed={seed!r}")
+
+
 def predict_dataset(x: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """Batches of `x` (float32) for `Model.predict`, in order. `predict` on a numpy array
     builds Keras's own pipeline, whose parallel map tf.data rewrites under op determinism
@@ -94,13 +105,7 @@ def make_dataset(
             "Expected `y` to hold one integer label per image, shape "
             f"({len(x)},). Received: y.shape={y.shape}, y.dtype={y.dtype}"
         )
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(
-            "Expected `batch_size` to be an integer >= 1. "
-            f"Received: batch_size={batch_size!r}"
-        )
-    if not is_int(seed):
-        raise ValueError(f"Expected `seed` to be an integer. Received: seed={seed!r}")
+    check_batching(batch_size, seed)
     images = tf.constant(x)
     labels = tf.constant(y.astype(np.int32))
     parallel = parallel_calls()

@@ -28,8 +28,12 @@ import numpy as np
 import tensorflow as tf
 
 from s2dnas_tf.data.augment import cifar_augmenter
-from s2dnas_tf.data.config import is_int
-from s2dnas_tf.data.pipelines import make_dataset, parallel_calls, predict_dataset
+from s2dnas_tf.data.pipelines import (
+    check_batching,
+    make_dataset,
+    parallel_calls,
+    predict_dataset,
+)
 
 # Encoded records held by a sequential source's shuffle buffer (a TFRecord file cannot be
 # read in a random order): 4,096 JPEGs of 224x224 are about 100 MB.
@@ -47,16 +51,6 @@ def predict_batch_size(image_shape) -> int:
     for large ones (at most `PREDICT_PIXELS` pixels per batch, at least 1 image)."""
     pixels = max(1, int(image_shape[0]) * int(image_shape[1]))
     return max(1, min(MAX_PREDICT_BATCH, PREDICT_PIXELS // pixels))
-
-
-def _check_batching(batch_size, seed) -> None:
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(
-            "Expected `batch_size` to be an integer >= 1. "
-            f"Received: batch_size={batch_size!r}"
-        )
-    if not is_int(seed):
-        raise ValueError(f"Expected `seed` to be an integer. Received: seed={seed!r}")
 
 
 class Split:
@@ -236,7 +230,7 @@ class StreamSplit(Split):
 
     def dataset(self, batch_size, training=False, augment=False, seed=0,
                 drop_remainder=False):
-        _check_batching(batch_size, seed)
+        check_batching(batch_size, seed)
         ds = self._pairs()
         if training and len(self):
             buffer = len(self) if self.source.random_access else min(len(self), SHUFFLE_BUFFER)
@@ -254,7 +248,7 @@ class StreamSplit(Split):
 
     def images(self, batch_size=None):
         batch_size = batch_size or predict_batch_size(self.image_shape)
-        _check_batching(batch_size, 0)
+        check_batching(batch_size, 0)
         decode = self.source.decode
         ds = self.source.elements(self.indices).map(decode, num_parallel_calls=parallel_calls())
         return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import keras
 
+from s2dnas_tf import conventions
+
 PREPROCESSING_MODES = ("none", "tf", "torch", "caffe")
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
@@ -95,7 +97,7 @@ def with_preprocessing(model: keras.Model, mode: str) -> keras.Model:
     _check_mode(mode, allow_none=True)
     if mode == "none":
         return model
-    found = [layer.name for layer in _all_layers(model) if isinstance(layer, InputPreprocessing)]
+    found = [layer.name for layer in conventions.leaf_layers(model) if isinstance(layer, InputPreprocessing)]
     if found:
         raise ValueError(
             f"Model {model.name!r} already preprocesses its input (layer {found[0]!r}); "
@@ -105,10 +107,3 @@ def with_preprocessing(model: keras.Model, mode: str) -> keras.Model:
     x = InputPreprocessing(mode, name=f"preprocess_{mode}")(inputs)
     return keras.Model(inputs, model(x), name=model.name)
 
-
-def _all_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _all_layers(layer)
-        else:
-            yield layer
