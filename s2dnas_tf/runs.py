@@ -339,13 +339,16 @@ def run_search(
     with _checking_input():
         if config.base_model is not None:
             base = _load_static_model(config.base_model, config.preprocessing)
+            load_start = time.time()
             splits = data_lib.load_dataset_for(config.data, base)
             space = _space(base, splits, config.num_stages, config.channel_multiple)
         else:
+            load_start = time.time()
             splits = data_lib.load_dataset(config.data)
     os.makedirs(out, exist_ok=True)
     _write_settings(out, settings, config)
-    log(f"data: {splits!r}")
+    # A streamed set's load includes a scan that decodes every image once.
+    log(f"data: {splits!r}, loaded in {time.time() - load_start:.0f} s")
 
     # 1. The base model: the user's, or a reference model trained here (resumable).
     base_path = _save_prepared_base(base, config, out) or os.path.join(

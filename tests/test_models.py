@@ -459,39 +459,42 @@ def test_with_input_normalization_takes_raw_pixels():
 
 
 @pytest.mark.parametrize("mode", ["tf", "torch", "caffe"])
-def test_input_preprocessing_is_keras_applications_preprocess_input(mode, tmp_path):
-    """The layer computes keras.applications' own preprocess_input; a model with it in
-    front saves, loads, transforms into stages (computed once, shared) and keeps its
-    outputs."""
+def test_input_preprocessing_is_keras_applications_preprocess_input(mode):
     from keras.applications import imagenet_utils
 
+    from s2dnas_tf.models import with_preprocessing
+
+    raw = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        np.asarray(InputPreprocessing(mode)(raw)),
+        imagenet_utils.preprocess_input(raw.copy(), mode=mode), rtol=1e-5, atol=1e-4)
+    inputs = keras.Input((8, 8, 3))
+    core = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    np.testing.assert_allclose(
+        np.asarray(with_preprocessing(core, mode)(raw)),
+        np.asarray(core(imagenet_utils.preprocess_input(raw.copy(), mode=mode))),
+        rtol=1e-4, atol=1e-4)
+
+
+def test_preprocessed_model_saves_and_transforms_with_the_layer_shared(tmp_path):
+    """A model with the caffe preprocessing (the one that reorders channels) in front saves,
+    loads, and transforms into stages that compute the layer once, shared."""
     import s2dnas_tf as s2d
     from s2dnas_tf.models import with_preprocessing
 
     from tests import helpers
 
-    raw = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
-    layer = InputPreprocessing(mode)
-    np.testing.assert_allclose(
-        np.asarray(layer(raw)), imagenet_utils.preprocess_input(raw.copy(), mode=mode),
-        rtol=1e-5, atol=1e-4)
-
     core = build_model("resnet20", num_classes=10, input_shape=(8, 8, 3), width_multiplier=0.25)
-    model = with_preprocessing(core, mode)
+    model = with_preprocessing(core, "caffe")
     assert model.name == core.name
-    np.testing.assert_allclose(
-        np.asarray(model(raw)),
-        np.asarray(core(imagenet_utils.preprocess_input(raw.copy(), mode=mode))),
-        rtol=1e-4, atol=1e-4)
+    raw = np.random.default_rng(0).uniform(0, 255, size=(2, 8, 8, 3)).astype(np.float32)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(np.asarray(loaded(raw)), np.asarray(model(raw)), atol=1e-5)
-
     helpers.run_transform_invariants_test(loaded, num_stages=2)
     net = s2d.transform(loaded, s2d.SearchSpace.from_model(loaded, num_stages=2).default_arch())
     assert [l.name for l in net.layers if isinstance(l, InputPreprocessing)] == [
-        f"shared_preprocess_{mode}"]
-
+        "shared_preprocess_caffe"]
     with pytest.raises(ValueError, match="preprocess twice"):
         with_preprocessing(model, "tf")
 
