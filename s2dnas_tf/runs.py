@@ -237,6 +237,7 @@ def train_base(
     with _checking_input():
         _check_model_name(config.model)
         train_config.validate()
+        _start_strategy(train_config)
         splits = data_lib.load_dataset(config.data)
     log(
         f"data: {splits.name} train {len(splits.train)} val {len(splits.val)} "
@@ -337,6 +338,7 @@ def run_search(
     run_start = time.time()
     base = None
     with _checking_input():
+        _start_strategy(base_train, final_train, supernet_train, config.candidate_train)
         if config.base_model is not None:
             base = _load_static_model(config.base_model, config.preprocessing)
             load_start = time.time()
@@ -477,6 +479,7 @@ def train_dynamic(
                 f"stage_weights needs one weight per stage ({config.num_stages}). Received: "
                 f"stage_weights={list(weights)!r}"
             )
+        _start_strategy(train_config)
         base = _load_static_model(config.base_model, config.preprocessing)
         splits = data_lib.load_dataset_for(config.data, base)
         if config.early_exit:
@@ -540,6 +543,15 @@ def _checking_input() -> Iterator[None]:
 def _check_model_name(name: str) -> None:
     if name not in list_models():
         raise InputError(f"model must be one of {list_models()}. Received: model={name!r}")
+
+
+def _start_strategy(*train_configs: training.TrainConfig) -> None:
+    """Makes a multi-worker strategy before TensorFlow runs anything (loading data or a
+    model does): TensorFlow configures its collectives only at start-up."""
+    for config in train_configs:
+        if config.strategy == "multi_worker":
+            training.make_strategy("multi_worker")
+            return
 
 
 def _save_prepared_base(base: keras.Model | None, config, out: str) -> str | None:

@@ -122,6 +122,9 @@ class TrainConfig:
             )
 
 
+_MULTI_WORKER = None
+
+
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The tf.distribute strategy for a flag value.
 
@@ -142,8 +145,13 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
                 "strategy='multi_worker' needs the TF_CONFIG environment variable describing "
                 "the cluster (see tf.distribute.MultiWorkerMirroredStrategy)."
             )
-        _patch_keras_for_multi_worker()
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        # TensorFlow configures the collectives once, before its first op: one strategy per
+        # process, made before anything else runs (`runs` makes it before loading data).
+        global _MULTI_WORKER
+        if _MULTI_WORKER is None:
+            _patch_keras_for_multi_worker()
+            _MULTI_WORKER = tf.distribute.MultiWorkerMirroredStrategy()
+        return _MULTI_WORKER
     raise ValueError(f"strategy must be one of {STRATEGIES}. Received: strategy={name!r}")
 
 

@@ -173,6 +173,25 @@ class ArraySplit(Split):
     def arrays(self):
         return self.x, self.labels
 
+    def channel_stats(self):
+        # In numpy, without TensorFlow: a multi-worker strategy must be made before
+        # TensorFlow runs its first op, and the reference models' statistics come first.
+        if len(self) == 0:
+            raise ValueError("Cannot compute channel statistics of an empty split.")
+        channels = self.x.shape[-1]
+        pixels = self.x.reshape(-1, channels)
+        # Two passes in float64 over chunks: exact enough, and no float64 copy of the set.
+        chunk = 1 << 20
+        total = np.zeros(channels)
+        for start in range(0, len(pixels), chunk):
+            total += pixels[start:start + chunk].sum(axis=0, dtype=np.float64)
+        mean = total / len(pixels)
+        squares = np.zeros(channels)
+        for start in range(0, len(pixels), chunk):
+            centred = pixels[start:start + chunk].astype(np.float64) - mean
+            squares += np.einsum("ij,ij->j", centred, centred)
+        return [float(m) for m in mean], [float(v) for v in squares / len(pixels)]
+
 
 class StreamSource:
     """Where a `StreamSplit`'s images come from: numbered elements (a file path, an
