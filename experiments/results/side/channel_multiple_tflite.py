@@ -48,7 +48,7 @@ from s2dnas_tf import data  # noqa: E402
 splits = data.load_dataset(data.DataConfig(
     "image_folder", "../shared/data/cifar10-jpeg", per_class_limit=50, validation_fraction=0
 ))
-x = splits.x_test[:n]
+x, _ = splits.test.head(n).arrays()  # the image folder streams
 timed = latency.time_models(models, latency.batch1_images(x), 20, 1)
 print("arch, channel multiple: tokens; stage channels per group (32x32 16x16 8x8); FLOPs of "
       "each exit path (x static); TFLite mean ms of each exit path")
