@@ -18,7 +18,6 @@ timing is redone. About 20 minutes on 2 cores.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -63,7 +62,7 @@ def main(argv):
     import numpy as np
 
     import s2dnas_tf as s2d
-    from s2dnas_tf import latency
+    from s2dnas_tf import fileio, latency
 
     latency.set_tf_threads(FLAGS.threads)
     start = time.time()
@@ -141,8 +140,7 @@ def main(argv):
     }
     os.makedirs(FLAGS.results_dir, exist_ok=True)
     stem = os.path.join(FLAGS.results_dir, "latency_mobilenetv2_224")
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=2)
+    fileio.write_json(stem + ".json", result)
     lines = [f"# {result['title']}", "", result["setup"] + f"; {result['date']}.", "",
              "Ratios to the static model; \"vs thin\": time over a plain thin MobileNetV2's "
              "at the same FLOPs (the thin networks' and the static model's (FLOPs, time) "
@@ -155,8 +153,7 @@ def main(argv):
               f"{r['tflite_ratio']:.2f} | {r['tflite_vs_thin']:.2f} | "
               f"{r['saved_model_b16_ratio']:.2f} | {r['saved_model_b16_vs_thin']:.2f} |"
               for r in rows]
-    with open(stem + ".md", "w") as f:
-        f.write("\n".join(lines) + "\n")
+    fileio.write_text(stem + ".md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 

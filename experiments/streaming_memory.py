@@ -82,6 +82,7 @@ def _base_model(path: str) -> None:
 
 
 def _run(per_class: int, base: str) -> dict:
+    from s2dnas_tf import fileio
     run_dir = os.path.join(FLAGS.output_dir, f"per_class_{per_class}")
     log_path = run_dir + ".log"
     if not os.path.exists(os.path.join(run_dir, "report.json")):
@@ -101,8 +102,7 @@ def _run(per_class: int, base: str) -> dict:
             peak, phase = _watch(process, log_path)
         if process.returncode:
             raise RuntimeError(f"search.py failed (exit {process.returncode}); see {log_path}")
-        with open(run_dir + ".peak.json", "w") as f:
-            json.dump({"peak_rss_gb": peak, "phase": phase}, f)
+        fileio.write_json(run_dir + ".peak.json", {"peak_rss_gb": peak, "phase": phase})
     with open(log_path) as f:
         found = _PEAK.findall(f.read())
     if not found:
@@ -138,6 +138,8 @@ def main(argv):
     if not os.path.isdir(os.path.join(FLAGS.data_dir, "train")):
         print(f"streaming_memory.py: {FLAGS.data_dir} has no train/ folder.", file=sys.stderr)
         return 2
+    from s2dnas_tf import fileio
+
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     base = os.path.join(FLAGS.output_dir, "mobilenetv2_035_224.keras")
     _base_model(base)
@@ -146,16 +148,15 @@ def main(argv):
         start = time.time()
         rows.append(_run(per_class, base))
         print(f"per class {per_class}: {rows[-1]} ({time.time() - start:.0f} s)", flush=True)
-    with open(os.path.join(FLAGS.output_dir, "streaming_memory.json"), "w") as f:
-        json.dump(rows, f, indent=2)
+    fileio.write_json(os.path.join(FLAGS.output_dir, "streaming_memory.json"), rows)
     lines = ["| training images / class | final training | peak resident memory | peak during "
              "| wall time | test accuracy | FLOPs ratio |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {r['per_class']} | {r['final_training_steps']} | {r['peak_rss_gb']:.2f} GB | "
               f"{r['peak_during']} | {r['wall_seconds']} s | {r['test_accuracy']:.4f} | "
               f"{r['flops_ratio']:.3f} |" for r in rows]
-    with open(os.path.join(FLAGS.output_dir, "streaming_memory.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+    fileio.write_text(os.path.join(FLAGS.output_dir, "streaming_memory.md"),
+                      "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
