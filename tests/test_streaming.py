@@ -130,6 +130,14 @@ def test_stream_split_epochs_shuffle_seeded_and_keep_pairs(tmp_path):
     assert epoch(splits.train.dataset(8, training=True, seed=3)) == first
     assert epoch(splits.train.dataset(8)) == list(range(30))
     assert [int(x[0, 0, 0]) for x in splits.test.arrays()[0]] == list(range(100, 110))
+    # The CIFAR augmentation as for arrays: same shapes and labels, padded/shifted pixels.
+    plain = list(splits.train.dataset(8))
+    shifted = list(splits.train.dataset(8, augment=True, seed=1))
+    assert [y.numpy().tolist() for _, y in shifted] == [y.numpy().tolist() for _, y in plain]
+    assert all(a.shape == b.shape for (a, _), (b, _) in zip(shifted, plain))
+    # Zero padding came into images whose every pixel is their (nonzero) index.
+    assert any(((a.numpy() == 0) & (a.numpy().max(axis=(1, 2, 3), keepdims=True) > 0)).any()
+               for a, _ in shifted)
 
 
 # ---------------------------------------------------------------------- TFRecord

@@ -121,14 +121,17 @@ def make_dataset(
         num_parallel_calls=parallel,
     )
     if augment:
-        # One seed pair per batch, a different stream every epoch (iteration).
-        batch_seeds = tf.data.Dataset.random(
-            seed=seed, rerandomize_each_iteration=True
-        ).batch(2)
-        augment_batch = cifar_augmenter(height=x.shape[1], width=x.shape[2])
-        ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
-            lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]),
-            num_parallel_calls=parallel,
-        )
+        ds = augment_batches(ds, x.shape[1], x.shape[2], seed)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def augment_batches(ds: tf.data.Dataset, height: int, width: int, seed: int) -> tf.data.Dataset:
+    """`ds`'s `(images, labels)` batches with the CIFAR augmentation applied to the images:
+    one seed pair per batch, a different stream every epoch (iteration), drawn from `seed`."""
+    batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    augment_batch = cifar_augmenter(height=height, width=width)
+    return tf.data.Dataset.zip((ds, batch_seeds)).map(
+        lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]),
+        num_parallel_calls=parallel_calls(),
+    )
 

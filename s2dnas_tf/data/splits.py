@@ -27,8 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from s2dnas_tf.data.augment import cifar_augmenter
 from s2dnas_tf.data.pipelines import (
+    augment_batches,
     check_batching,
     make_dataset,
     parallel_calls,
@@ -256,13 +256,7 @@ class StreamSplit(Split):
             ds = ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         ds = self._decoded(ds).batch(batch_size, drop_remainder=drop_remainder)
         if augment:
-            batch_seeds = tf.data.Dataset.random(
-                seed=seed, rerandomize_each_iteration=True).batch(2)
-            augment_batch = cifar_augmenter(*self.image_shape[:2])
-            ds = tf.data.Dataset.zip((ds, batch_seeds)).map(
-                lambda batch, batch_seed: (augment_batch(batch[0], batch_seed), batch[1]),
-                num_parallel_calls=parallel_calls(),
-            )
+            ds = augment_batches(ds, *self.image_shape[:2], seed)
         return ds.prefetch(tf.data.AUTOTUNE)
 
     def images(self, batch_size=None):
