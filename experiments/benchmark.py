@@ -60,8 +60,13 @@ cli_common.define_flags(
     "reject_idle_stages", "num_candidates", "search_batch_size", "candidate_steps",
     "max_first_stage_flops", "candidate_learning_rate", "epochs", "learning_rate",
     "batch_size", "distill_weight", "distill_temperature", "steps_per_epoch", "seed",
-    "verbose", "output_dir",
+    "verbose", "output_dir", "cost", "latency_budget",
     helps={
+        "cost": "What the S2DNAS methods' search reward and thresholds budget: FLOPs, or "
+        "each exit path's predicted batch-1 time on tflite or saved_model (with "
+        "--latency_budget); the other methods keep --flops_budget.",
+        "latency_budget": "With a time --cost: the S2DNAS methods' average time budget, a "
+        "fraction of the static model's predicted time.",
         "base_model": "A trained static model (.keras) with its sidecar <name>.json saying "
         "which data it was trained on; used when that matches this run's data, else the "
         "static model is trained here.",
@@ -118,6 +123,7 @@ flags.DEFINE_boolean(
 flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
 flags.DEFINE_string("results_name", None, "Results file name (default: <dataset>_<model>).")
 flags.mark_flag_as_required("output_dir")
+cli_common.register_budget_validator()
 flags.register_validator("latency_warmup", lambda v: v >= 0, "--latency_warmup must be >= 0.")
 flags.register_validator("latency_threads", lambda v: v >= 1, "--latency_threads must be >= 1.")
 flags.register_validator("num_stages", lambda v: v >= 2, "--num_stages must be >= 2.")
@@ -182,6 +188,8 @@ def _dynamic_step(method: str, base_path: str, dynamic_base: str) -> tuple[str, 
     if method == "early_exit":
         return "train_dynamic", {**values, "early_exit": True}
     values["channel_multiple"] = FLAGS.channel_multiple  # the S2DNAS space
+    if FLAGS.cost != "flops":  # the S2DNAS methods' budget in predicted time
+        values.update(cost=FLAGS.cost, latency_budget=FLAGS.latency_budget)
     if method == "s2dnas_default":
         return "train_dynamic", values
     return "search", {
@@ -560,7 +568,10 @@ def main(argv):
                   + (f", first stage <= {FLAGS.max_first_stage_flops:.0%} of the static FLOPs"
                      if FLAGS.max_first_stage_flops is not None else "")
                   + (f"; S2DNAS channel counts multiples of {FLAGS.channel_multiple}"
-                     if FLAGS.channel_multiple != 1 else "")),
+                     if FLAGS.channel_multiple != 1 else "")
+                  + (f"; S2DNAS search reward and thresholds for {FLAGS.latency_budget:.0%} "
+                     f"of the static model's predicted {FLAGS.cost} time"
+                     if FLAGS.cost != "flops" else "")),
         "static_flops": static_flops,
         "methods": methods,
     }

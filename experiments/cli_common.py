@@ -147,12 +147,14 @@ _flag(flags.DEFINE_float, "flops_budget", 0.5,
       "Average-FLOPs budget, a fraction of the static model's.",
       _fraction, "--flops_budget must be in (0, 1].")
 _flag(flags.DEFINE_enum, "cost", "flops",
-      "What the budget counts: FLOPs, or each exit path's batch-1 TFLite time predicted from "
-      "op times measured once on this machine (s2dnas_tf.cost; with --latency_budget).",
-      enum_values=["flops", "tflite"])
+      "What the budget counts: FLOPs, or each exit path's batch-1 time on a runtime, TFLite "
+      "(LiteRT, one thread) or saved_model (TensorFlow, as TF Serving runs the SavedModel), "
+      "predicted from op times measured once on this machine (s2dnas_tf.cost; with "
+      "--latency_budget).",
+      enum_values=["flops", "tflite", "saved_model"])
 _flag(flags.DEFINE_float, "latency_budget", None,
-      "With --cost=tflite: the average time budget, a fraction of the static model's "
-      "(replaces --flops_budget).",
+      "With --cost=tflite or saved_model: the average time budget, a fraction of the static "
+      "model's (replaces --flops_budget).",
       _fraction, "--latency_budget must be in (0, 1].")
 # The search.
 _flag(flags.DEFINE_enum, "searcher", "rl", "REINFORCE controller or random search.",
@@ -269,11 +271,17 @@ def define_run_flags(kind: str, flag_values=FLAGS, helps=None) -> None:
             "base_model", lambda v: v is None or os.path.isfile(v),
             "--base_model must be an existing .keras file.", flag_values=flag_values,
         )
-    if "cost" in RUN_FLAGS[kind]:  # refused at parsing, before TensorFlow loads
-        flags.register_multi_flags_validator(
-            ["cost", "latency_budget", "flops_budget"], _budget_flags_agree,
-            flag_values=flag_values,
-        )
+    if "cost" in RUN_FLAGS[kind]:
+        register_budget_validator(flag_values)
+
+
+def register_budget_validator(flag_values=FLAGS) -> None:
+    """--cost, --latency_budget and --flops_budget must agree (`budget`): refused at
+    parsing, before TensorFlow loads."""
+    flags.register_multi_flags_validator(
+        ["cost", "latency_budget", "flops_budget"], _budget_flags_agree,
+        flag_values=flag_values,
+    )
 
 
 def _budget_flags_agree(values: dict) -> bool:
@@ -433,13 +441,14 @@ def budget(values) -> tuple[str, float]:
     """(cost, budget ratio) of the --cost, --flops_budget and --latency_budget flags.
 
     Raises:
-        ValueError: For --cost=tflite without --latency_budget, or --latency_budget without
+        ValueError: For a time --cost without --latency_budget, or --latency_budget without
             a time cost.
     """
     cost, latency = values.get("cost", "flops"), values.get("latency_budget")
     if cost == "flops":
         if latency is not None:
-            raise ValueError("--latency_budget applies with --cost=tflite; with --cost=flops "
+            raise ValueError("--latency_budget applies with --cost=tflite or saved_model; with "
+                             "--cost=flops "
                              f"the budget is --flops_budget. Received: --latency_budget={latency}")
         return cost, values["flops_budget"]
     if latency is None:
@@ -555,14 +564,14 @@ def run_step(kind: str):
 # --- Calling the library -------------------------------------------------------------------
 
 
-def call(step, config, *, settings=None, prog=None) -> int:
-    """Runs a library step (`s2dnas_tf.runs`) for an entry point and returns its exit
-    status: 0 when done; 2 with one line when the library refuses the input; 1 with one
-    line when a training diverges. Other errors keep their traceback."""
+def call(step, config, *, settings=None, prog=None, **kwargs) -> int:
+    """Runs a library step (`s2dnas_tf.runs`, with `kwargs`) for an entry point and returns
+    its exit status: 0 when done; 2 with one line when the library refuses the input; 1 with
+    one line when a training diverges. Other errors keep their traceback."""
     from s2dnas_tf import runs, training
 
     try:
-        step(config, settings=settings)
+        step(config, settings=settings, **kwargs)
     except runs.FinishedRunError as e:
         return usage_error(f"{e}; pass --overwrite to start afresh.", prog)
     except runs.InputError as e:

@@ -1,13 +1,15 @@
-"""How well `s2dnas_tf.cost` predicts exit-path times: predicted against measured TFLite ms.
+"""How well `s2dnas_tf.cost` predicts exit-path times: predicted against measured ms.
 
     python experiments/latency_predictor.py --model=experiments/checkpoints/cifar10_resnet20.keras
     python experiments/latency_predictor.py --model=mobilenetv2_224 --num_archs=20
+    python experiments/latency_predictor.py --runtime=saved_model ...
 
 For the space's default architecture and `space.sample(1..num_archs-1)`: each exit path's
-time predicted from the op table (`cost.exit_path_costs(net, "tflite")`), and measured: the
-dynamic TFLite model (`export.convert_to_tflite`) with thresholds that send every image out
-at that stage, all models timed in turns over the same images (`latency.time_models`, batch 1,
-`--threads`). Writes `<output>.json` (per architecture and path: predicted and measured ms,
+time predicted from the op table of `--runtime` (`cost.exit_path_costs(net, runtime)`), and
+measured: the dynamic model exported with thresholds that send every image out at that
+stage, as a TFLite file (`export.convert_to_tflite`; `--runtime=tflite`) or the SavedModel's
+batch-1 signature (`--runtime=saved_model`, TensorFlow's op pools `--threads` wide), all
+models timed in turns over the same images (`latency.time_models`, batch 1, `--threads`). Writes `<output>.json` (per architecture and path: predicted and measured ms,
 the relative error) and `<output>.md` (the median and worst absolute error, per stage and
 overall). Issue 17's goal for the predictor: within 10 % median and 20 % worst. Run it on a
 quiet machine: it measures time.
@@ -26,7 +28,9 @@ flags.DEFINE_string("model", "experiments/checkpoints/cifar10_resnet20.keras",
 flags.DEFINE_integer("num_stages", 3, "Stages.", lower_bound=2)
 flags.DEFINE_integer("num_archs", 20, "Architectures (the default and samples).", lower_bound=1)
 flags.DEFINE_integer("images", 100, "Images each model is timed on.", lower_bound=10)
-flags.DEFINE_integer("threads", 1, "TFLite interpreter threads.", lower_bound=1)
+flags.DEFINE_integer("threads", 1, "TFLite interpreter threads, or TensorFlow's op-pool "
+                     "threads with --runtime=saved_model.", lower_bound=1)
+flags.DEFINE_enum("runtime", "tflite", ["tflite", "saved_model"], "The runtime timed.")
 flags.DEFINE_string("output", None, "Output path without extension.")
 flags.mark_flag_as_required("output")
 
@@ -45,7 +49,8 @@ def _load(name):
 
 def main(argv):
     del argv
-    cli_common.start_tensorflow(None)
+    runtime = FLAGS.runtime
+    cli_common.start_tensorflow(None, threads=FLAGS.threads if runtime == "saved_model" else None)
     import numpy as np
 
     import s2dnas_tf as s2d
@@ -56,22 +61,25 @@ def main(argv):
     except ValueError as e:
         return cli_common.usage_error(str(e))
     space = s2d.SearchSpace.from_model(base, num_stages=FLAGS.num_stages)
-    table = cost.OpTimeTable(threads=FLAGS.threads)
+    table = cost.OpTimeTable(threads=FLAGS.threads, runtime=runtime)
     stages = FLAGS.num_stages
     records, models = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(FLAGS.num_archs):
             arch = space.default_arch() if k == 0 else space.sample(k)
             net = s2d.transform(base, arch)
-            predicted = cost.exit_path_costs(net, "tflite", table)
+            predicted = cost.exit_path_costs(net, runtime, table)
             records.append({"tokens": arch.tokens, "predicted_ms": predicted,
                             "flops": cost.exit_path_costs(net)})
             for s in range(1, stages + 1):
                 # Exit at stage s: never before it (a probability is never >= 2), then at once.
                 thresholds = [2.0 if i < s else 0.0 for i in range(1, stages)]
                 saved = export.export_saved_model(net, thresholds, tmp, f"a{k}s{s}")
-                path = export.convert_to_tflite(saved, os.path.join(tmp, f"a{k}s{s}.tflite"))
-                models[f"a{k}s{s}"] = (latency.TFLITE, path)
+                if runtime == "saved_model":
+                    models[f"a{k}s{s}"] = (latency.SAVED_MODEL, saved)
+                else:
+                    path = export.convert_to_tflite(saved, os.path.join(tmp, f"a{k}s{s}.tflite"))
+                    models[f"a{k}s{s}"] = (latency.TFLITE, path)
             print(f"arch {k + 1}/{FLAGS.num_archs} exported; predicted ms "
                   f"{', '.join(f'{p:.3f}' for p in predicted)}", flush=True)
         table.save()
@@ -86,13 +94,15 @@ def main(argv):
         record["error"] = [p / m - 1 for p, m in zip(record["predicted_ms"], measured)]
         errors.append(record["error"])
     errors = np.abs(np.array(errors))
-    summary = {"model": FLAGS.model, "threads": FLAGS.threads, "images": FLAGS.images,
+    summary = {"model": FLAGS.model, "runtime": runtime, "threads": FLAGS.threads,
+               "images": FLAGS.images,
                "median_abs_error": float(np.median(errors)),
                "max_abs_error": float(errors.max()),
                "per_stage_median_abs_error": [float(v) for v in np.median(errors, axis=0)],
                "archs": records}
     fileio.write_json(FLAGS.output + ".json", summary)
-    lines = [f"# Exit-path time: predicted (op table) vs measured (TFLite, batch 1, "
+    name = {"tflite": "TFLite", "saved_model": "SavedModel serving_batch1"}[runtime]
+    lines = [f"# Exit-path time: predicted (op table) vs measured ({name}, batch 1, "
              f"{FLAGS.threads} thread(s)), {FLAGS.model}", "",
              f"{len(records)} architectures x {stages} paths; |predicted/measured - 1|: "
              f"median {summary['median_abs_error']:.1%}, worst {summary['max_abs_error']:.1%}; "

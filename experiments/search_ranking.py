@@ -15,6 +15,16 @@
    "trained_accuracy", "flops_ratio"}], and prints Kendall's tau between the supernet's
    scores and the trained accuracies (test accuracy at the budget).
 
+With `--start_from=supernet` each architecture is trained the way `search.py
+--evaluator=supernet` trains its chosen net: from the supernet's weights (its BatchNorm
+statistics recalibrated for the architecture), not the static model's. The supernet
+(`--supernet_epochs`, `--supernet_learning_rate`, `--bn_images`, as search_comparison.py
+trains it) is trained once in `<output_dir>/supernet/` (or loaded from there), and every
+architecture's `supernet_score` is its reward scored from that supernet. Instead of
+`--search_dir`, `--archs=FILE` takes the architectures of an earlier ranking (a
+`trained_archs.json`, or search_comparison.py's results JSON and its `ranking.archs`), all
+of them.
+
 Then `experiments/search_comparison.py ... --trained_archs=<output_dir>/trained_archs.json`
 puts the ranking into the search results. Each training resumes where a killed one stopped;
 a finished one is read back, not redone.
@@ -27,6 +37,7 @@ import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 from absl import flags
 
 FLAGS = flags.FLAGS
+cli_common.define_flags("supernet_epochs", "supernet_learning_rate")
 cli_common.define_run_flags("train_dynamic", helps={
     "base_model": "The trained static model (.keras).",
     "output_dir": "Where the trained architectures and trained_archs.json go.",
@@ -34,8 +45,22 @@ cli_common.define_run_flags("train_dynamic", helps={
 })
 flags.DEFINE_string("search_dir", None,
                     "A search_comparison.py output directory (its */search_log.jsonl).")
+flags.DEFINE_string("archs", None,
+                    "Instead of --search_dir: a JSON file of the architectures to train (a "
+                    "trained_archs.json, or search_comparison.py's results and their "
+                    "ranking.archs); all of them.")
 flags.DEFINE_integer("num_archs", 8, "Architectures to train.", lower_bound=2)
-flags.mark_flags_as_required(["base_model", "output_dir", "search_dir"])
+flags.DEFINE_enum("start_from", "static", ["static", "supernet"],
+                  "Whose weights each architecture's training starts from: the static "
+                  "model's (train_dynamic.py) or the supernet's (search.py "
+                  "--evaluator=supernet's chosen net).")
+flags.DEFINE_integer("bn_images", 512,
+                     "With --start_from=supernet: training images per architecture's "
+                     "BatchNorm statistics.", lower_bound=1)
+flags.mark_flags_as_required(["base_model", "output_dir"])
+flags.register_multi_flags_validator(
+    ["search_dir", "archs"], lambda v: (v["search_dir"] is None) != (v["archs"] is None),
+    "Give exactly one of --search_dir and --archs.")
 
 
 def read_candidates(search_dir: str) -> list[dict]:
@@ -59,6 +84,24 @@ def read_candidates(search_dir: str) -> list[dict]:
                     seen.add(key)
                     candidates.append(record)
     return candidates
+
+
+def read_archs(path: str) -> list[dict]:
+    """The architectures of an earlier ranking: a list of {"tokens", "supernet_score", ...}
+    or a results dict whose "ranking" holds "archs" of that form. Each comes back as a
+    search-log-like record ({"tokens", "reward"})."""
+    try:
+        with open(path) as f:
+            content = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"--archs {path!r} is not a readable JSON file ({e}).") from None
+    archs = content.get("ranking", {}).get("archs") if isinstance(content, dict) else content
+    if (not isinstance(archs, list) or not archs
+            or not all(isinstance(a, dict) and isinstance(a.get("tokens"), list) for a in archs)):
+        raise ValueError(
+            f"--archs {path!r} holds no architectures: expected a non-empty list of "
+            '{"tokens": [...], ...} or a results dict with ranking.archs.')
+    return [{"tokens": a["tokens"], "reward": a.get("supernet_score")} for a in archs]
 
 
 def pick_spread(candidates: list[dict], count: int) -> list[dict]:
@@ -92,11 +135,22 @@ def main(argv):
         if config.tokens is not None or config.early_exit:
             raise ValueError("--tokens and --early_exit do not apply: the architectures come "
                              "from --search_dir.")
-        chosen = pick_spread(read_candidates(FLAGS.search_dir), FLAGS.num_archs)
+        if FLAGS.archs:
+            chosen = read_archs(FLAGS.archs)
+        else:
+            chosen = pick_spread(read_candidates(FLAGS.search_dir), FLAGS.num_archs)
     except ValueError as e:
         return cli_common.usage_error(str(e))
     out = FLAGS.output_dir
     os.makedirs(out, exist_ok=True)
+    evaluator = None
+    if FLAGS.start_from == "supernet":
+        try:
+            evaluator, space = _supernet_evaluator(config, out)
+            for record in chosen:
+                record["reward"] = evaluator(space.decode(record["tokens"]))["reward"]
+        except ValueError as e:
+            return cli_common.usage_error(str(e))
     trained = []
     for k, record in enumerate(chosen):
         run_dir = os.path.join(out, f"arch{k}")
@@ -106,8 +160,9 @@ def main(argv):
         if FLAGS.overwrite or not os.path.isfile(report_path):
             arch_config = dataclasses.replace(
                 config, output_dir=run_dir, tokens=list(record["tokens"]))
-            status = cli_common.call(runs.train_dynamic, arch_config,
-                                     settings=cli_common.resolved_flags())
+            status = cli_common.call(
+                runs.train_dynamic, arch_config, settings=cli_common.resolved_flags(),
+                start_from=None if evaluator is None else evaluator.start_weights)
             if status:
                 return status
         with open(report_path) as f:
@@ -123,6 +178,41 @@ def main(argv):
           f"architectures: {tau:.3f}; wrote {os.path.join(out, 'trained_archs.json')}",
           flush=True)
     return 0
+
+
+def _supernet_evaluator(config, out: str):
+    """The supernet evaluator of search_comparison.py's set-up for the static model and data
+    of `config` (a TrainDynamicConfig), its supernet trained in (or loaded from)
+    `<out>/supernet`; and the space."""
+    import keras
+
+    import s2dnas_tf as s2d
+    from s2dnas_tf import data, evaluators, search
+
+    if config.preprocessing != "none":
+        raise ValueError("--start_from=supernet takes a base model that does its own input "
+                         f"preprocessing (--preprocessing=none). Received: "
+                         f"--preprocessing={config.preprocessing}")
+    base = keras.saving.load_model(config.base_model)
+    splits = data.load_dataset_for(config.data, base)
+    space = s2d.SearchSpace.from_model(base, num_stages=config.num_stages,
+                                       channel_multiple=config.channel_multiple)
+    evaluator = evaluators.SupernetEvaluator(
+        config.base_model,
+        splits,
+        cli_common.train_config(
+            FLAGS.flag_values_dict(),
+            output_dir=os.path.join(out, "supernet"),
+            epochs=FLAGS.supernet_epochs,
+            learning_rate=FLAGS.supernet_learning_rate,
+            distill_weight=config.train.distill_weight,
+            distill_temperature=config.train.distill_temperature,
+        ),
+        search.RewardConfig(kind="budget", flops_budget=config.flops_budget),
+        space=space,
+        bn_images=FLAGS.bn_images,
+    )
+    return evaluator, space
 
 
 if __name__ == "__main__":

@@ -17,6 +17,15 @@ the cost's unit; `static_cost(model, cost)` the static model's.
   InputLayer). Times are cached per op signature (the layer's class, its configuration
   without names, initialisers and regularisers, the input shapes) in a JSON file per machine
   and thread count, so a search measures each distinct op once and a second search none.
+- `"saved_model"`: the same per-layer sum for TensorFlow's own runtime, as a SavedModel
+  signature runs it at batch 1 (a TF Serving request of one image): each one-layer model is
+  traced into a concrete function holding its weights as variables (as the export leaves
+  them) and called on one image; the same fusions are assumed (TensorFlow's CPU graph
+  optimiser fuses a convolution's bias and ReLU). TensorFlow charges every op a fixed cost
+  of tens of microseconds whatever its size, which this sum counts; it leaves out the
+  dynamic signature's control flow (the cond's untaken branch, docs/design.md §7). Cached
+  per machine, TensorFlow version and op-pool threads like the TFLite table, in its own
+  file.
 
 Predicted, not measured: the sum leaves out what happens between ops (the dynamic model's IF
 ops and the copies at stage boundaries). How close it comes to exit paths timed whole is a
@@ -45,9 +54,12 @@ from s2dnas_tf import graph as graph_lib
 from s2dnas_tf.export.folding import fold_batchnorm
 from s2dnas_tf.flops import count_flops
 
-__all__ = ["COSTS", "OpTimeTable", "exit_path_costs", "op_signature", "static_cost"]
+__all__ = ["COSTS", "TIME_COSTS", "OpTimeTable", "exit_path_costs", "op_signature",
+           "static_cost"]
 
-COSTS = ("flops", "tflite")
+# The time costs are runtimes an exit path's time is predicted for.
+TIME_COSTS = ("tflite", "saved_model")
+COSTS = ("flops",) + TIME_COSTS
 
 # Layers that move or relabel data without arithmetic the runtime spends time on.
 _FREE = (
@@ -106,23 +118,48 @@ def _machine() -> str:
     return model
 
 
+def _tf_threads() -> int:
+    """The size of TensorFlow's intra-op pool in this process (0: one thread per core)."""
+    return tf.config.threading.get_intra_op_parallelism_threads() or (os.cpu_count() or 1)
+
+
 class OpTimeTable:
-    """Batch-1 TFLite times of single ops on this machine, measured on first use, cached.
+    """Batch-1 times of single ops on this machine in one runtime, measured on first use,
+    cached.
 
     Args:
         path: The JSON cache file; None: `$S2DNAS_CACHE_DIR` (default
-            `~/.cache/s2dnas_tf`)/`tflite_ops_<machine, TensorFlow version, threads>.json`.
-        threads: The TFLite interpreter's threads (as the deployment runs it).
+            `~/.cache/s2dnas_tf`)/`<runtime>_ops_<machine, TensorFlow version, threads>.json`.
+        threads: The TFLite interpreter's threads (as the deployment runs it; None: 1). For
+            "saved_model" the threads are TensorFlow's op pool's in this process (set by
+            `tf.config.threading` before TensorFlow runs anything): None, or that number.
         repeats: Timed invocations per op (the median is kept), after `warmup` untimed ones.
+        runtime: One of `TIME_COSTS`: "tflite" (the LiteRT interpreter, XNNPACK) or
+            "saved_model" (TensorFlow's runtime calling a concrete function).
+
+    Raises:
+        ValueError: For an unknown runtime, or counts out of range.
     """
 
-    def __init__(self, path: str | None = None, threads: int = 1, repeats: int = 200,
-                 warmup: int = 20):
-        if threads < 1 or repeats < 1 or warmup < 0:
+    def __init__(self, path: str | None = None, threads: int | None = None, repeats: int = 200,
+                 warmup: int = 20, runtime: str = "tflite"):
+        if runtime not in TIME_COSTS:
+            raise ValueError(f"runtime must be one of {TIME_COSTS}. Received: {runtime!r}")
+        if runtime == "tflite" and threads is None:
+            threads = 1
+        elif runtime == "saved_model":
+            if threads is not None and threads != _tf_threads():
+                raise ValueError(
+                    "A saved_model table times ops on TensorFlow's op pool of this process "
+                    f"({_tf_threads()} threads; tf.config.threading sets it). Received: "
+                    f"threads={threads!r}")
+            threads = _tf_threads()
+        if not isinstance(threads, int) or threads < 1 or repeats < 1 or warmup < 0:
             raise ValueError(
                 "threads and repeats must be >= 1 and warmup >= 0. Received: "
                 f"threads={threads!r}, repeats={repeats!r}, warmup={warmup!r}"
             )
+        self.runtime = runtime
         self.threads, self.repeats, self.warmup = threads, repeats, warmup
         self.machine = _machine()
         if path is None:
@@ -131,14 +168,15 @@ class OpTimeTable:
             ).hexdigest()[:12]
             root = os.environ.get("S2DNAS_CACHE_DIR",
                                   os.path.join(os.path.expanduser("~"), ".cache", "s2dnas_tf"))
-            path = os.path.join(root, f"tflite_ops_{tag}.json")
+            path = os.path.join(root, f"{runtime}_ops_{tag}.json")
         self.path = path
         self.ops: dict[str, float] = {}
         self.measured = 0  # ops measured by this table (not read from the cache)
         if os.path.isfile(path):
             with open(path) as f:
                 stored = json.load(f)
-            if stored.get("threads") == threads:
+            if (stored.get("threads") == threads
+                    and stored.get("runtime", "tflite") == runtime):
                 self.ops = {k: float(v) for k, v in stored.get("ops", {}).items()}
         self._invoke_ms = self.ops.get("__invoke__")
 
@@ -168,9 +206,33 @@ class OpTimeTable:
     def save(self) -> None:
         """Writes the cache (atomically); a no-op when nothing new was measured."""
         fileio.write_json(self.path, {"machine": self.machine, "tensorflow": tf.__version__,
-                                      "threads": self.threads, "ops": self.ops})
+                                      "runtime": self.runtime, "threads": self.threads,
+                                      "ops": self.ops})
 
     def _time(self, model: keras.Model) -> float:
+        if self.runtime == "saved_model":
+            return self._time_saved_model(model)
+        return self._time_tflite(model)
+
+    def _timed_median(self, call) -> float:
+        for _ in range(self.warmup):
+            call()
+        seconds = np.empty(self.repeats)
+        for i in range(self.repeats):
+            start = time.perf_counter()
+            call()
+            seconds[i] = time.perf_counter() - start
+        return float(np.median(seconds) * 1e3)
+
+    def _time_saved_model(self, model: keras.Model) -> float:
+        specs = [tf.TensorSpec((1,) + tuple(t.shape[1:]), tf.float32) for t in model.inputs]
+        fn = tf.function(lambda *xs: model(list(xs) if len(xs) > 1 else xs[0], training=False))
+        concrete = fn.get_concrete_function(*specs)
+        rng = np.random.default_rng(0)
+        inputs = [tf.constant(rng.random(tuple(s.shape), dtype=np.float32)) for s in specs]
+        return self._timed_median(lambda: concrete(*inputs))
+
+    def _time_tflite(self, model: keras.Model) -> float:
         from ai_edge_litert.interpreter import Interpreter
 
         specs = [tf.TensorSpec((1,) + tuple(t.shape[1:]), tf.float32) for t in model.inputs]
@@ -188,14 +250,7 @@ class OpTimeTable:
         for detail in interpreter.get_input_details():
             interpreter.set_tensor(detail["index"],
                                    rng.random(detail["shape"], dtype=np.float32))
-        for _ in range(self.warmup):
-            interpreter.invoke()
-        seconds = np.empty(self.repeats)
-        for i in range(self.repeats):
-            start = time.perf_counter()
-            interpreter.invoke()
-            seconds[i] = time.perf_counter() - start
-        return float(np.median(seconds) * 1e3)
+        return self._timed_median(interpreter.invoke)
 
 
 def _node_stages(graph: graph_lib.Graph) -> dict[int, int]:
@@ -212,7 +267,7 @@ def _node_stages(graph: graph_lib.Graph) -> dict[int, int]:
     return stages
 
 
-def _tflite_node_ms(graph: graph_lib.Graph, table: OpTimeTable) -> dict[int, float]:
+def _node_ms(graph: graph_lib.Graph, table: OpTimeTable) -> dict[int, float]:
     producer = {k: n for n in graph.nodes for k in n.outputs}
     times = {}
     for node in graph.nodes:
@@ -241,13 +296,14 @@ def exit_path_costs(net: keras.Model, cost: str = "flops",
     Args:
         net: The net.
         cost: One of `COSTS`.
-        table: The op times for `"tflite"` (default: this machine's cached table).
+        table: The op times of a time cost, an `OpTimeTable` of that runtime (default: this
+            machine's cached table).
 
     Returns:
         S floats: FLOPs, or predicted milliseconds.
 
     Raises:
-        ValueError: For an unknown cost.
+        ValueError: For an unknown cost, or a table of another runtime.
     """
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {COSTS}. Received: cost={cost!r}")
@@ -255,10 +311,13 @@ def exit_path_costs(net: keras.Model, cost: str = "flops",
         if len(net.outputs) == 1:
             return [float(count_flops(net))]
         return [float(f) for f in rewriter.stage_flops(net)]
-    table = table or OpTimeTable()
+    table = table or OpTimeTable(runtime=cost)
+    if table.runtime != cost:
+        raise ValueError(f"cost={cost!r} needs an OpTimeTable of that runtime. Received: a "
+                         f"table of runtime={table.runtime!r}")
     graph = graph_lib.trace(fold_batchnorm(net), single_output=False)
     stages = _node_stages(graph)
-    times = _tflite_node_ms(graph, table)
+    times = _node_ms(graph, table)
     num_stages = len(graph.outputs) if len(graph.outputs) > 1 else 1
     per_stage = np.zeros(num_stages)
     for node in graph.nodes:

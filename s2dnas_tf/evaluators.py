@@ -66,7 +66,7 @@ class Evaluator(abc.ABC):
         self.static_flops = count_flops(self.base)
         self.cost_table = None
         if self.reward_config.cost != "flops":
-            self.cost_table = cost_lib.OpTimeTable()
+            self.cost_table = cost_lib.OpTimeTable(runtime=self.reward_config.cost)
             self.static_cost = cost_lib.static_cost(self.base, self.reward_config.cost,
                                                     self.cost_table)
             self.cost_table.save()

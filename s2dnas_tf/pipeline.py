@@ -85,8 +85,9 @@ def train_and_report(
         start_from: A static model of `base`'s architecture whose weights the net inherits
             instead of `base`'s (e.g. a trained supernet's); the report's static figures
             stay `base`'s.
-        cost: What the budget counts (`cost.COSTS`): "flops", or "tflite" (each exit
-            path's predicted batch-1 TFLite time; the report gains its "cost" entry).
+        cost: What the budget counts (`cost.COSTS`): "flops", or "tflite" / "saved_model"
+            (each exit path's predicted batch-1 time on that runtime; the report gains its
+            "cost" entry).
 
     Returns:
         The report dict.
@@ -112,7 +113,7 @@ def train_and_report(
         net.save(tmp)
     time_cost = None
     if cost != "flops":
-        table = cost_lib.OpTimeTable()
+        table = cost_lib.OpTimeTable(runtime=cost)
         time_cost = {"cost": cost, "static_ms": cost_lib.static_cost(base, cost, table),
                      "path_ms": cost_lib.exit_path_costs(net, cost, table)}
         table.save()

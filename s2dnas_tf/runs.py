@@ -48,7 +48,7 @@ from s2dnas_tf.models import (
     with_input_normalization,
     with_preprocessing,
 )
-from s2dnas_tf.space import SearchSpace
+from s2dnas_tf.space import Arch, SearchSpace
 
 __all__ = [
     "FinishedRunError",
@@ -187,8 +187,9 @@ class TrainDynamicConfig:
         early_exit: The early-exit baseline (`early_exit.attach_exits`) instead of an S2DNAS
             architecture; `tokens` must then be None.
         flops_budget: The thresholds' budget, a fraction of the static model's cost.
-        cost: What the budget counts (`cost.COSTS`): "flops", or "tflite" (each exit
-            path's predicted batch-1 TFLite time; the report gains its "cost" entry).
+        cost: What the budget counts (`cost.COSTS`): "flops", or "tflite" / "saved_model"
+            (each exit path's predicted batch-1 time on that runtime; the report gains its
+            "cost" entry).
         train: How to train (its `stage_weights` and distillation included; state in
             `<output_dir>/train`).
         overwrite: Redo a finished run in `output_dir`.
@@ -435,7 +436,11 @@ def run_search(
 
 
 def train_dynamic(
-    config: TrainDynamicConfig, *, settings: Mapping[str, Any] | None = None, log: Log = _print
+    config: TrainDynamicConfig,
+    *,
+    settings: Mapping[str, Any] | None = None,
+    log: Log = _print,
+    start_from: Callable[[Arch], keras.Model] | None = None,
 ) -> dict:
     """Trains one architecture's multi-stage net (or early exits) from the base model's
     weights with its distillation, calibrates the exits on validation and reports on test.
@@ -448,6 +453,10 @@ def train_dynamic(
         settings: What config.json records (an entry point's resolved flags); None: the
             config.
         log: Progress output.
+        start_from: Given the architecture (an `Arch`), a static model of the base's
+            architecture whose weights the net inherits instead of the base's (e.g.
+            `evaluators.SupernetEvaluator.start_weights`, as a search with the supernet
+            evaluator trains its chosen net); not with early exits.
 
     Returns:
         report.json's dict.
@@ -458,6 +467,8 @@ def train_dynamic(
         training.TrainingDivergedError: If training diverges.
     """
     out = config.output_dir
+    if config.early_exit and start_from is not None:
+        raise InputError("start_from applies to S2DNAS architectures, not to early exits.")
     if config.early_exit and config.channel_multiple != 1:
         raise InputError(
             "channel_multiple applies to S2DNAS architectures; the early-exit baseline "
@@ -513,6 +524,7 @@ def train_dynamic(
         log=log,
         export_name=base.name,
         cost=config.cost,
+        start_from=None if start_from is None else start_from(arch),
         build_net=(
             (lambda: early_exit.attach_exits(base, config.num_stages))
             if config.early_exit else None

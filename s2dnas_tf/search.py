@@ -59,8 +59,9 @@ class RewardConfig:
             FLOPs, or with a time `cost` its predicted time (the `--latency_budget`).
         flops_lambda: lambda of the linear reward.
         budget_penalty: Penalty per unit of relative budget overshoot.
-        cost: What the budget and the reward count (`cost.COSTS`): "flops", or "tflite"
-            (each exit path's batch-1 TFLite time predicted by `cost.exit_path_costs`).
+        cost: What the budget and the reward count (`cost.COSTS`): "flops", or "tflite" /
+            "saved_model" (each exit path's batch-1 time on that runtime predicted by
+            `cost.exit_path_costs`).
     """
 
     kind: str = "budget"

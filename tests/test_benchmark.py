@@ -350,6 +350,8 @@ def test_measurements_cache_is_keyed_by_what_was_measured(tmp_path):
         (["--channel_multiple=0"], "--channel_multiple must be an int >= 1"),
         (["--dynamic_from=thin_static"], "--dynamic_from"),
         (["--data_dir=/nonexistent"], "--data_dir must be an existing folder"),
+        (["--cost=saved_model"], "--cost=saved_model needs --latency_budget"),
+        (["--cost=gpu"], "--cost"),
     ],
 )
 def test_benchmark_bad_flags_exit_2(tmp_path, args, expected):

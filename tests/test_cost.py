@@ -1,4 +1,5 @@
-"""Exit-path costs (`s2dnas_tf.cost`): FLOPs, and TFLite op times measured once and looked up.
+"""Exit-path costs (`s2dnas_tf.cost`): FLOPs, and TFLite / SavedModel op times measured once
+and looked up.
 
 No speed is asserted: the tests check what is measured, what is looked up instead, what is
 free, and how the per-op times add up to exit paths."""
@@ -80,12 +81,38 @@ def test_fused_and_free_layers_cost_nothing(tmp_path):
     table = _table(tmp_path)
     graph = graph_lib.trace(cost.fold_batchnorm(_tiny()))
     times = {node.name: ms for node, ms in zip(
-        graph.nodes, cost._tflite_node_ms(graph, table).values())}
+        graph.nodes, cost._node_ms(graph, table).values())}
     assert "stem_bn" not in times  # folded into the stem's kernel
     assert times["stem_relu"] == 0.0 and times["conv_relu"] == 0.0
     # Fused means never timed (a ReLU alone can time as ~0 after the invoke time anyway).
     timed = {json.loads(key)["class"] for key in table.ops if key != "__invoke__"}
     assert timed == {"Conv2D", "Add", "GlobalAveragePooling2D", "Dense"}, timed
+
+
+def test_saved_model_paths_time_tensorflow_calls_in_their_own_cache(tmp_path):
+    """The "saved_model" cost: the same per-layer sum, each layer timed as a TensorFlow
+    concrete function; its table is its own (another runtime's cache is not read) and is
+    refused for another cost."""
+    model = _tiny()
+    net = s2d.transform(model, s2d.SearchSpace.from_model(model, num_stages=2).default_arch())
+    path = str(tmp_path / "ops.json")
+    tflite = cost.OpTimeTable(path=path, repeats=5, warmup=1)
+    tflite.op_ms(keras.layers.Conv2D(8, 3), [(8, 8, 3)])
+    tflite.save()
+    table = cost.OpTimeTable(path=path, repeats=5, warmup=1, runtime="saved_model")
+    assert table.runtime == "saved_model" and table.ops == {}  # the TFLite times are not its
+    paths = cost.exit_path_costs(net, "saved_model", table)
+    assert len(paths) == 2 and table.invoke_ms <= paths[0] <= paths[1]
+    assert all(np.isfinite(paths)) and table.measured > 0
+    table.save()
+    again = cost.OpTimeTable(path=path, repeats=5, warmup=1, runtime="saved_model")
+    assert cost.exit_path_costs(net, "saved_model", again) == paths and again.measured == 0
+    with pytest.raises(ValueError, match="needs an OpTimeTable of that runtime"):
+        cost.exit_path_costs(net, "tflite", table)
+    with pytest.raises(ValueError, match="runtime must be one of"):
+        cost.OpTimeTable(path=path, runtime="gpu")
+    with pytest.raises(ValueError, match="op pool"):
+        cost.OpTimeTable(path=path, runtime="saved_model", threads=10_000)
 
 
 def test_flops_paths_are_the_stage_flops():

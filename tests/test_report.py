@@ -175,21 +175,22 @@ def test_train_dynamic_end_to_end_tiny(tmp_path):
     assert len(net.outputs) == 2
 
 
-def test_train_dynamic_calibrates_for_a_tflite_time_budget(tmp_path, monkeypatch):
-    """--cost=tflite --latency_budget: the thresholds meet a budget of predicted TFLite time
-    on validation, and the report says so (its "cost" entry, report.md)."""
+@pytest.mark.parametrize("runtime", ["tflite", "saved_model"])
+def test_train_dynamic_calibrates_for_a_time_budget(tmp_path, monkeypatch, runtime):
+    """--cost=tflite|saved_model --latency_budget: the thresholds meet a budget of predicted
+    time on validation, and the report says so (its "cost" entry, report.md)."""
     monkeypatch.setenv("S2DNAS_CACHE_DIR", str(tmp_path / "cache"))
     helpers.save_tiny_digits_base(tmp_path / "base.keras")
     run_dir = tmp_path / "dynamic"
     args = [f"--base_model={tmp_path / 'base.keras'}", "--num_stages=2", "--epochs=1",
             "--steps_per_epoch=2", "--batch_size=32", f"--output_dir={run_dir}",
-            "--verbose=0", "--cost=tflite", "--latency_budget=0.7"]
+            "--verbose=0", f"--cost={runtime}", "--latency_budget=0.7"]
     result = _run("train_dynamic.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "tflite time (predicted)" in result.stdout
+    assert f"{runtime} time (predicted)" in result.stdout
     rep = json.loads((run_dir / "report.json").read_text())
     cost = rep["cost"]
-    assert cost["cost"] == "tflite" and cost["budget_ratio"] == 0.7 and cost["predicted"]
+    assert cost["cost"] == runtime and cost["budget_ratio"] == 0.7 and cost["predicted"]
     assert len(cost["path_ms"]) == 2 and 0 < cost["path_ms"][0] < cost["path_ms"][1]
     assert rep["dynamic"]["flops_budget_ratio"] is None  # the budget was in time
     if rep["dynamic"]["budget_met_on_validation"]:
@@ -198,14 +199,14 @@ def test_train_dynamic_calibrates_for_a_tflite_time_budget(tmp_path, monkeypatch
     expected = sum(f * t for f, t in zip(rep["dynamic"]["exit_fractions"], cost["path_ms"]))
     assert cost["expected_ms"] == pytest.approx(expected)
     assert all("avg_ms" in p for p in rep["curve"])
-    assert "tflite time (predicted from op times)" in (run_dir / "report.md").read_text()
+    assert f"{runtime} time (predicted from op times)" in (run_dir / "report.md").read_text()
     # The op times were measured into the cache the run was pointed at.
-    assert list((tmp_path / "cache").glob("tflite_ops_*.json"))
+    assert list((tmp_path / "cache").glob(f"{runtime}_ops_*.json"))
 
 
 @pytest.mark.parametrize("args, expected", [
     (["--cost=tflite"], "--cost=tflite needs --latency_budget"),
-    (["--latency_budget=0.5"], "--latency_budget applies with --cost=tflite"),
+    (["--latency_budget=0.5"], "--latency_budget applies with --cost=tflite or saved_model"),
 ])
 def test_inconsistent_budget_flags_exit_2(tmp_path, args, expected):
     base = build_model("resnet8", input_shape=(8, 8, 1), width_multiplier=0.5)
