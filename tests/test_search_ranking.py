@@ -83,6 +83,21 @@ def test_too_few_architectures_within_the_budget_exit_2(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("args, expected", [
+    ([], "Give exactly one of --search_dir and --archs"),
+    (["--search_dir=x", "--archs=y"], "Give exactly one of --search_dir and --archs"),
+    (["--archs={tmp}/none.json"], "is not a readable JSON file"),
+    (["--archs={tmp}/empty.json"], "holds no architectures"),
+])
+def test_bad_architecture_sources_exit_2(tmp_path, args, expected):
+    (tmp_path / "empty.json").write_text('{"ranking": {"archs": []}}')
+    result = _run(f"--base_model={BASE}", f"--output_dir={tmp_path / 'out'}",
+                  *[a.format(tmp=tmp_path) for a in args])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert expected in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_trains_the_spread_and_writes_the_ranking(tmp_path):
     base = helpers.save_tiny_digits_base(tmp_path / "base.keras")
@@ -125,3 +140,17 @@ def test_trains_the_spread_and_writes_the_ranking(tmp_path):
                  "--steps_per_epoch=2", "--batch_size=32", "--verbose=0")
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "trained_archs.json").read_text()) == trained
+    # The same architectures (--archs) trained from a supernet's weights: the supernet is
+    # trained once into the output directory, scores every architecture again, and each
+    # training starts from its view.
+    from_supernet = tmp_path / "from_supernet"
+    result = _run(f"--base_model={tmp_path / 'base.keras'}", f"--archs={out / 'trained_archs.json'}",
+                  f"--output_dir={from_supernet}", "--start_from=supernet", "--num_stages=2",
+                  "--supernet_epochs=1", "--bn_images=64", "--epochs=1", "--steps_per_epoch=2",
+                  "--batch_size=32", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (from_supernet / "supernet" / "supernet.keras").is_file()
+    rescored = json.loads((from_supernet / "trained_archs.json").read_text())
+    assert [t["tokens"] for t in rescored] == [t["tokens"] for t in trained]
+    assert all(np.isfinite(t["supernet_score"]) for t in rescored)
+    assert [t["supernet_score"] for t in rescored] != [t["supernet_score"] for t in trained]
