@@ -17,6 +17,13 @@ channel-wise op or an elementwise merge joins them. Units come in three kinds:
 
 Unit groups are consecutive free units with the same spatial size (a ResNet's resolution
 stages); the architecture picks one channel fraction per stage and unit group.
+
+A free unit is a *gate* unit when it is the bottleneck of a squeeze-and-excite block: made
+by a channel-mixing layer from a globally pooled feature map (through channel-wise layers)
+and read by channel-mixing layers whose outputs rejoin that same feature map's unit (the
+excitation, multiplied back onto it). A gate unit is not split: stage 1 computes all of
+it from the pooled channels it holds, and every stage's excitation reads it whole
+(docs/design.md §2, "Squeeze-and-excite").
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class Unit:
             groups).
         group: Index of its unit group.
         tensors: Keys of its tensors.
+        gate: A squeeze-and-excite bottleneck (see the module docstring): all of it is
+            stage 1's, whatever the architecture's fractions.
     """
 
     index: int
@@ -50,6 +59,7 @@ class Unit:
     quantum: int
     group: int
     tensors: list[int]
+    gate: bool = False
 
 
 @dataclasses.dataclass
@@ -221,7 +231,34 @@ class Analysis:
             rule.analyse(node, self)
         self._follower_keys = set(self._marked_free)
         self._build_units()
+        for unit in self.units:
+            unit.gate = self._is_gate(unit)
         return self
+
+    def _is_gate(self, unit: Unit) -> bool:
+        """Whether `unit` is a squeeze-and-excite bottleneck: produced by a channel-mixing
+        layer from a global pooling of a feature map X (through single-input channel-wise
+        layers), and read by channel-mixing layers (at least one, the classifier never)
+        whose outputs all join X's unit."""
+        producer = self._producer(unit.tensors[0])
+        if producer is None or self.rules[producer.index].kind != "mixing":
+            return False
+        node = self._producer(producer.inputs[0])
+        while (node is not None and len(node.inputs) == 1
+               and node.index in self.rules and self.rules[node.index].kind != "mixing"):
+            if isinstance(node.layer, _GLOBAL_POOLING):
+                break
+            node = self._producer(node.inputs[0])
+        if node is None or not isinstance(node.layer, _GLOBAL_POOLING):
+            return False
+        pooled_root = self.find(node.inputs[0])
+        readers = [
+            reader for key in unit.tensors for reader in self.graph.consumers(key)
+            if reader.index in self.rules and self.rules[reader.index].kind == "mixing"
+        ]
+        if not readers or any(reader is self.classifier for reader in readers):
+            return False
+        return all(self.find(reader.outputs[0]) == pooled_root for reader in readers)
 
     def _find_classifier(self):
         """The classifier is the Dense / 1x1 Conv2D that the output comes from, possibly
@@ -327,6 +364,8 @@ class Analysis:
                     nominal[k] = spatial
         return nominal
 
+
+_GLOBAL_POOLING = (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)
 
 # Kept importable from here; the one definition is in conventions.
 is_softmax_layer = conventions.is_softmax_layer

@@ -93,6 +93,9 @@ class _Context:
             return [1]
         if node is self.analysis.classifier:
             return list(range(1, stage + 1))
+        read = self.analysis.unit_of(node.inputs[0])
+        if read is not None and read.gate:  # an excitation reads stage 1's whole bottleneck
+            return list(range(1, stage + 1))
         group = self.analysis.group_of_tensor(node.outputs[0])
         if group >= self.arch.concat_position(stage):
             return list(range(1, stage + 1))

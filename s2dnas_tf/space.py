@@ -349,9 +349,12 @@ class SearchSpace:
 
     def unit_bounds(self, arch: Arch) -> dict[int, list[int]]:
         """Unit index -> its S+1 channel boundaries under `arch` (stage s gets channels
-        [b_{s-1}, b_s))."""
+        [b_{s-1}, b_s)); a gate unit (a squeeze-and-excite bottleneck) is all stage 1's."""
         bounds = {}
         for unit in self.analysis.units:
+            if unit.gate:
+                bounds[unit.index] = [0] + [unit.channels] * arch.num_stages
+                continue
             fractions = [arch.fractions[s][unit.group] for s in range(arch.num_stages - 1)]
             bounds[unit.index] = partition_boundaries(
                 unit.channels, self.unit_quantum(unit), fractions, arch.grid

@@ -278,6 +278,75 @@ def test_supernet_views_with_followers_are_the_transformed_networks():
             np.testing.assert_allclose(np.asarray(view), np.asarray(built), atol=1e-5)
 
 
+def se_cnn():
+    """Squeeze-and-excite blocks three ways (1x1 convs, Dense with a Reshape, on a
+    concatenation), and a Dense after global pooling that is not one (its output feeds the
+    classifier, not a gate)."""
+    L = keras.layers
+    inputs = keras.Input((16, 16, 3))
+    x = L.Conv2D(16, 3, padding="same", name="stem")(inputs)
+    se = L.GlobalAveragePooling2D(keepdims=True, name="se1_pool")(x)
+    se = L.Conv2D(4, 1, activation="relu", name="se1_reduce")(se)
+    se = L.Conv2D(16, 1, activation="hard_sigmoid", name="se1_expand")(se)
+    x = L.Multiply(name="se1_mul")([x, se])
+    x = L.Conv2D(24, 3, strides=2, padding="same", name="down")(x)
+    se = L.GlobalMaxPooling2D(name="se2_pool")(x)
+    se = L.Dense(8, activation="relu", name="se2_reduce")(se)
+    se = L.Dense(24, activation="sigmoid", name="se2_expand")(se)
+    x = L.Multiply(name="se2_mul")([x, L.Reshape((1, 1, 24), name="se2_reshape")(se)])
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dense(12, activation="relu", name="fc")(x)
+    return keras.Model(inputs, L.Dense(5, name="logits")(x), name="se_cnn")
+
+
+def test_squeeze_excite_bottlenecks_are_stage_ones_whole():
+    """A squeeze-and-excite bottleneck is a gate unit: stage 1 computes all of it from the
+    pooled channels it holds, every stage's excitation reads all of it (no stage gets a
+    narrow slice that can be dead); other units are split as before."""
+    model = helpers.randomize_normalization_stats(se_cnn())
+    space, _ = helpers.run_transform_invariants_test(model)
+    ana = space.analysis
+    gates = {name for name in ("se1_reduce", "se2_reduce", "se1_expand", "fc", "stem")
+             if (unit := ana.unit_of(_key_of(model, space, name))) is not None and unit.gate}
+    assert gates == {"se1_reduce", "se2_reduce"}
+    on_concat = inception_se_cnn()  # ... also when the excitation follows a concatenation
+    concat_space = s2d.SearchSpace.from_model(on_concat, num_stages=3)
+    assert concat_space.analysis.unit_of(_key_of(on_concat, concat_space, "se_reduce")).gate
+    for arch in (space.default_arch(), space.sample(2)):
+        plan = rewriter.plan(space, arch)
+        for name, channels in (("se1_reduce", 4), ("se2_reduce", 8)):
+            key = _key_of(model, space, name)
+            held = plan.values[key]
+            np.testing.assert_array_equal(held[0], np.arange(channels))
+            assert held[1] is None and held[2] is None
+        expand = next(n for n in ana.graph.nodes if n.name == "se2_expand")
+        for stage in (1, 2, 3):
+            np.testing.assert_array_equal(plan.visible_inputs(expand, stage), np.arange(8))
+    check_plan_agrees_with_build(model)
+    # The supernet's views are the transformed networks, gates included.
+    supernet = Supernet(model, space)
+    x = helpers.images(model)
+    for arch in (space.default_arch(), space.sample(1)):
+        supernet.set_arch(arch)
+        for view, built in zip(supernet.model(x), s2d.transform(model, arch)(x)):
+            np.testing.assert_allclose(np.asarray(view), np.asarray(built), atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 4])
+def test_mobilenetv3_squeeze_excite_of_every_stage_is_live(seed):
+    """Issue 19's case: MobileNetV3Small (64x64, 3 stages, default arch) built after these
+    seeds gave stage 1 a 3-unit slice of the first SE bottleneck that was dead on every
+    input; with the bottleneck stage 1's whole, every stage's kernels get gradients."""
+    keras.utils.set_random_seed(seed)
+    model = keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(64, 64, 3), classes=10, classifier_activation=None)
+    space = s2d.SearchSpace.from_model(model, num_stages=3)
+    assert sum(unit.gate for unit in space.analysis.units) == 9  # its nine SE blocks
+    check_stage_kernels_live(s2d.transform(model, space.default_arch()),
+                             helpers.images(model, scale=255.0))
+
+
 def test_layout_computed_from_its_followers_is_refused():
     """The concatenation a conv output must follow is itself computed from that conv."""
     L = keras.layers
