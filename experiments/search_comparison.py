@@ -11,9 +11,9 @@
    entropy per update; the plot of the best reward so far against candidates.
 
 Every step resumes: started again, the supernet loads, each search continues from its log.
-The `ranking` entry (Kendall tau between supernet score and trained accuracy) stays empty
-until architectures trained in full are given (`--trained_archs`, a JSON list of
-{"tokens", "trained_accuracy"}).
+The ranking entries (Kendall tau between supernet score and trained accuracy) are
+experiments/search_ranking.py's (`--results_name`); this script keeps those already in the
+results file.
 """
 
 import json
@@ -21,6 +21,7 @@ import os
 import time
 
 import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+import search_results
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -34,9 +35,6 @@ flags.DEFINE_integer("num_candidates", 300, "Distinct networks per search.")
 flags.DEFINE_list("searchers", ["rl", "random"], "Searchers to compare.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each searcher.")
 flags.DEFINE_integer("bn_images", 512, "Training images per candidate's BatchNorm statistics.")
-flags.DEFINE_string("trained_archs", None,
-                    "JSON list of {tokens, trained_accuracy}: archs trained in full, for the "
-                    "ranking's Kendall tau.")
 flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
 flags.DEFINE_string("results_name", "search_cifar10_resnet20", "Results file name.")
 flags.mark_flag_as_required("output_dir")
@@ -46,10 +44,9 @@ def main(argv):
     del argv
     cli_common.start_tensorflow(FLAGS.logical_cpus)
     import keras
-    import numpy as np
 
     import s2dnas_tf as s2d
-    from s2dnas_tf import data, evaluators, fileio, search, training
+    from s2dnas_tf import data, evaluators, search, training
 
     try:
         seeds = [int(s) for s in FLAGS.seeds]
@@ -115,67 +112,13 @@ def main(argv):
             results["searchers"][name].append(entry)
             print(f"{name} seed {seed}: best reward {entry['best_reward']:.4f} after "
                   f"{entry['candidates']} candidates, {entry['seconds']:.0f} s", flush=True)
-    ranking = {"kendall_tau": None, "archs": []}
-    if FLAGS.trained_archs:
-        with open(FLAGS.trained_archs) as f:
-            trained = json.load(f)
-        for item in trained:
-            scored = evaluator(space.decode(item["tokens"]))
-            ranking["archs"].append({"tokens": item["tokens"],
-                                     "supernet_score": scored["reward"],
-                                     "trained_accuracy": item["trained_accuracy"]})
-        ranking["kendall_tau"] = search.kendall_tau(
-            [a["supernet_score"] for a in ranking["archs"]],
-            [a["trained_accuracy"] for a in ranking["archs"]],
-        )
-    results["ranking"] = ranking
-    base_path = os.path.join(FLAGS.results_dir, FLAGS.results_name)
-    fileio.write_json(base_path + ".json", results)
-    fileio.write_text(base_path + ".md", _markdown(results, np))
-    _plot(results, base_path + ".png", fileio)
+    previous = search_results.read(FLAGS.results_dir, FLAGS.results_name)
+    for key in search_results.RANKING_KEYS.values():
+        if key in previous:
+            results[key] = previous[key]
+    base_path = search_results.write(results, FLAGS.results_dir, FLAGS.results_name)
     print(f"wrote {base_path}.json/.md/.png", flush=True)
     return 0
-
-
-def _markdown(results, np) -> str:
-    lines = ["# Search comparison (supernet evaluator)", "",
-             "| searcher | seeds | best reward (mean) | spread (max - min) | candidates | s/candidate |",
-             "| --- | --- | --- | --- | --- | --- |"]
-    for name, runs in results["searchers"].items():
-        if not runs:
-            continue
-        best = np.array([r["best_reward"] for r in runs])
-        cands = sum(r["candidates"] for r in runs)
-        secs = sum(r["seconds"] for r in runs)
-        lines.append(f"| {name} | {len(runs)} | {best.mean():.4f} | {best.max() - best.min():.4f} "
-                     f"| {cands} | {secs / max(1, cands):.2f} |")
-    tau = results["ranking"]["kendall_tau"]
-    lines += ["", f"Kendall tau (supernet score vs trained accuracy): "
-              f"{'not measured' if tau is None else f'{tau:.3f}'}", ""]
-    return "\n".join(lines)
-
-
-def _plot(results, path, fileio) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    colors = {"rl": "tab:blue", "random": "tab:orange"}
-    for name, runs in results["searchers"].items():
-        for r in runs:
-            best = np.maximum.accumulate(r["rewards"])
-            ax.plot(np.arange(1, len(best) + 1), best, color=colors.get(name), alpha=0.8,
-                    label=f"{name} seed {r['seed']}")
-    ax.set_xlabel("candidates evaluated")
-    ax.set_ylabel("best reward so far")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    with fileio.atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ architecture's `supernet_score` is its reward scored from that supernet. Instead
 `trained_archs.json`, or search_comparison.py's results JSON and its `ranking.archs`), all
 of them.
 
-Then `experiments/search_comparison.py ... --trained_archs=<output_dir>/trained_archs.json`
-puts the ranking into the search results. Each training resumes where a killed one stopped;
+With `--results_name` the ranking also goes into the search results
+(`<results_dir>/<results_name>.{json,md}`, experiments/search_results.py): as "ranking" when
+trained from the supernet (how search.py trains its chosen net), as "ranking_from_static"
+otherwise; the rest of the file is kept. Each training resumes where a killed one stopped;
 a finished one is read back, not redone.
 """
 
@@ -34,6 +36,7 @@ import json
 import os
 
 import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
+import search_results
 from absl import flags
 
 FLAGS = flags.FLAGS
@@ -57,6 +60,10 @@ flags.DEFINE_enum("start_from", "static", ["static", "supernet"],
 flags.DEFINE_integer("bn_images", 512,
                      "With --start_from=supernet: training images per architecture's "
                      "BatchNorm statistics.", lower_bound=1)
+flags.DEFINE_string("results_dir", "experiments/results", "Where the search results are.")
+flags.DEFINE_string("results_name", None,
+                    "Also write the ranking into these search results (e.g. "
+                    "search_cifar10_resnet20); default: only trained_archs.json.")
 flags.mark_flags_as_required(["base_model", "output_dir"])
 flags.register_multi_flags_validator(
     ["search_dir", "archs"], lambda v: (v["search_dir"] is None) != (v["archs"] is None),
@@ -88,14 +95,18 @@ def read_candidates(search_dir: str) -> list[dict]:
 
 def read_archs(path: str) -> list[dict]:
     """The architectures of an earlier ranking: a list of {"tokens", "supernet_score", ...}
-    or a results dict whose "ranking" holds "archs" of that form. Each comes back as a
+    or search results whose "ranking" (or "ranking_from_static") holds "archs" of that form. Each comes back as a
     search-log-like record ({"tokens", "reward"})."""
     try:
         with open(path) as f:
             content = json.load(f)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"--archs {path!r} is not a readable JSON file ({e}).") from None
-    archs = content.get("ranking", {}).get("archs") if isinstance(content, dict) else content
+    if isinstance(content, dict):  # search results: their ranking's architectures
+        ranking = content.get("ranking") or content.get("ranking_from_static") or {}
+        archs = ranking.get("archs")
+    else:
+        archs = content
     if (not isinstance(archs, list) or not archs
             or not all(isinstance(a, dict) and isinstance(a.get("tokens"), list) for a in archs)):
         raise ValueError(
@@ -177,6 +188,12 @@ def main(argv):
     print(f"Kendall tau between supernet score and trained accuracy over {len(trained)} "
           f"architectures: {tau:.3f}; wrote {os.path.join(out, 'trained_archs.json')}",
           flush=True)
+    if FLAGS.results_name:
+        results = search_results.read(FLAGS.results_dir, FLAGS.results_name)
+        key = search_results.RANKING_KEYS[FLAGS.start_from]
+        results[key] = search_results.ranking_entry(trained, FLAGS.start_from, tau)
+        path = search_results.write(results, FLAGS.results_dir, FLAGS.results_name)
+        print(f"wrote the ranking into {path}.json/.md", flush=True)
     return 0
 
 

@@ -119,9 +119,10 @@ def test_trains_the_spread_and_writes_the_ranking(tmp_path):
         {"tokens": tokens[5], "reward": 1.0, "budget_met": False},
     ])
     out = tmp_path / "ranking"
+    results = [f"--results_dir={tmp_path}", "--results_name=search"]
     result = _run(f"--base_model={tmp_path / 'base.keras'}", f"--search_dir={tmp_path / 'search'}",
                   f"--output_dir={out}", "--num_stages=2", "--num_archs=2", "--epochs=1",
-                  "--steps_per_epoch=2", "--batch_size=32", "--verbose=0")
+                  "--steps_per_epoch=2", "--batch_size=32", "--verbose=0", *results)
     assert result.returncode == 0, result.stderr[-3000:]
     trained = json.loads((out / "trained_archs.json").read_text())
     # Two evenly spaced over [0.2, 0.8]: the lowest and the highest (not the 0.99 repeat,
@@ -147,10 +148,20 @@ def test_trains_the_spread_and_writes_the_ranking(tmp_path):
     result = _run(f"--base_model={tmp_path / 'base.keras'}", f"--archs={out / 'trained_archs.json'}",
                   f"--output_dir={from_supernet}", "--start_from=supernet", "--num_stages=2",
                   "--supernet_epochs=1", "--bn_images=64", "--epochs=1", "--steps_per_epoch=2",
-                  "--batch_size=32", "--verbose=0")
+                  "--batch_size=32", "--verbose=0", *results)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (from_supernet / "supernet" / "supernet.keras").is_file()
     rescored = json.loads((from_supernet / "trained_archs.json").read_text())
     assert [t["tokens"] for t in rescored] == [t["tokens"] for t in trained]
     assert all(np.isfinite(t["supernet_score"]) for t in rescored)
     assert [t["supernet_score"] for t in rescored] != [t["supernet_score"] for t in trained]
+    # Written into the search results as well, beside the ranking from the static weights.
+    written = json.loads((tmp_path / "search.json").read_text())
+    assert written["ranking_from_static"]["start_from"] == "static"
+    assert [a["tokens"] for a in written["ranking_from_static"]["archs"]] == [
+        t["tokens"] for t in trained]
+    assert written["ranking"]["start_from"] == "supernet"
+    assert [a["supernet_score"] for a in written["ranking"]["archs"]] == [
+        t["supernet_score"] for t in rescored]
+    text = (tmp_path / "search.md").read_text()
+    assert "from the supernet's weights" in text and "from the static model's weights" in text
