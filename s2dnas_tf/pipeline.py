@@ -137,6 +137,9 @@ def train_and_report(
     if export_name:
         result["export"] = export_run(net, result, output_dir, export_name, log=log,
                                       crop_to_aspect_ratio=splits.crop_to_aspect_ratio)
+        if time_cost is not None:
+            result["cost"].update(measure_exported(
+                base, result["export"], cost, splits.test, len(net.outputs)))
     report_lib.write_report(result, output_dir)
     dyn, oracle = result["dynamic"], result["oracle"]
     log(
@@ -149,4 +152,45 @@ def train_and_report(
         timed = result["cost"]
         log(f"{cost} time (predicted): {timed['expected_ms']:.3f} ms per image, "
             f"{timed['ms_ratio']:.1%} of the static model's {timed['static_ms']:.3f} ms")
+        if "measured_ms" in timed:
+            log(f"{cost} time (measured on {timed['measured_images']} test images, batch 1): "
+                f"{timed['measured_ms']:.3f} ms per image, "
+                f"{timed['measured_ms'] / timed['measured_static_ms']:.1%} of the static "
+                f"model's {timed['measured_static_ms']:.3f} ms")
     return result
+
+
+MEASURED_IMAGES = 200  # test images timed per model by `measure_exported`
+
+
+def measure_exported(base: keras.Model, exported: dict, runtime: str, test: data_lib.Split,
+                     num_stages: int, num_images: int = MEASURED_IMAGES) -> dict:
+    """The exported dynamic model and the static model timed on `runtime` ("tflite": the
+    float TFLite files, one interpreter thread; "saved_model": the SavedModels' batch-1
+    signatures, this process's op pools), one test image at a time, in turns
+    (`latency.time_models`) over the first `num_images` test images.
+
+    Returns:
+        {"measured_ms", "measured_static_ms" (means per image), "measured_path_ms" (the mean
+        time of the images that left at each of the `num_stages` stages; None where none
+        did), "measured_images"}.
+    """
+    import tempfile
+
+    from s2dnas_tf import latency
+
+    images, _ = test.head(num_images).arrays()
+    kind = latency.TFLITE if runtime == "tflite" else latency.SAVED_MODEL
+    with tempfile.TemporaryDirectory() as tmp:
+        static = export_lib.export_static(base, tmp, "static")
+        if kind == latency.TFLITE:
+            static = export_lib.convert_to_tflite(static, os.path.join(tmp, "static.tflite"))
+        models = {"static": (kind, static), "dynamic": (kind, exported[runtime])}
+        timed = latency.time_models(models, latency.batch1_images(images))
+    by_exit = list(timed["dynamic"]["mean_ms_by_exit"])
+    return {
+        "measured_ms": timed["dynamic"]["mean_ms"],
+        "measured_static_ms": timed["static"]["mean_ms"],
+        "measured_path_ms": by_exit + [None] * (num_stages - len(by_exit)),
+        "measured_images": len(images),
+    }

@@ -209,6 +209,14 @@ def to_markdown(report: dict) -> str:
                   f"ms; exit paths {', '.join(f'{t:.3f}' for t in cost['path_ms'])} ms; "
                   f"expected {cost['expected_ms']:.3f} ms per test image "
                   f"({cost['ms_ratio']:.2f} of static).", ""]
+        if "measured_ms" in cost:
+            paths = ", ".join("-" if t is None else f"{t:.3f}" for t in cost["measured_path_ms"])
+            lines += [f"Time ({cost['cost']}, batch 1, measured on the exported models over the "
+                      f"first {cost['measured_images']} test images, timed in turns): static "
+                      f"{cost['measured_static_ms']:.3f} ms; dynamic "
+                      f"{cost['measured_ms']:.3f} ms per image "
+                      f"({cost['measured_ms'] / cost['measured_static_ms']:.2f} of static); "
+                      f"by exit {paths} ms.", ""]
     if not dynamic.get("budget_met_on_validation", True):
         lines += ["**The budget could not be met on validation**: every sample exits at "
                   "stage 1, the cheapest policy.", ""]

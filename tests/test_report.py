@@ -200,6 +200,15 @@ def test_train_dynamic_calibrates_for_a_time_budget(tmp_path, monkeypatch, runti
     assert cost["expected_ms"] == pytest.approx(expected)
     assert all("avg_ms" in p for p in rep["curve"])
     assert f"{runtime} time (predicted from op times)" in (run_dir / "report.md").read_text()
+    # ... and measured: the exported dynamic and static models timed in turns on the
+    # runtime, over the first test images (their own exits).
+    assert cost["measured_images"] == 200  # digits' test split holds more
+    assert cost["measured_ms"] > 0 and cost["measured_static_ms"] > 0
+    assert len(cost["measured_path_ms"]) == 2
+    assert any(t is not None and t > 0 for t in cost["measured_path_ms"])
+    assert f"Time ({runtime}, batch 1, measured on the exported models" in (
+        run_dir / "report.md").read_text()
+    assert f"{runtime} time (measured on" in result.stdout
     # The op times were measured into the cache the run was pointed at.
     assert list((tmp_path / "cache").glob(f"{runtime}_ops_*.json"))
 
