@@ -145,9 +145,13 @@ def main(argv):
         config = cli_common.train_dynamic_config(FLAGS.flag_values_dict())
         if config.tokens is not None or config.early_exit:
             raise ValueError("--tokens and --early_exit do not apply: the architectures come "
-                             "from --search_dir.")
+                             "from --search_dir or --archs.")
         if FLAGS.archs:
             chosen = read_archs(FLAGS.archs)
+            if FLAGS.start_from == "static" and any(c["reward"] is None for c in chosen):
+                raise ValueError(
+                    f"--archs {FLAGS.archs!r} gives architectures without a supernet_score; "
+                    "--start_from=supernet scores them from a supernet.")
         else:
             chosen = pick_spread(read_candidates(FLAGS.search_dir), FLAGS.num_archs)
     except ValueError as e:

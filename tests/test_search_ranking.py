@@ -88,9 +88,11 @@ def test_too_few_architectures_within_the_budget_exit_2(tmp_path):
     (["--search_dir=x", "--archs=y"], "Give exactly one of --search_dir and --archs"),
     (["--archs={tmp}/none.json"], "is not a readable JSON file"),
     (["--archs={tmp}/empty.json"], "holds no architectures"),
+    (["--archs={tmp}/unscored.json"], "without a supernet_score"),
 ])
 def test_bad_architecture_sources_exit_2(tmp_path, args, expected):
     (tmp_path / "empty.json").write_text('{"ranking": {"archs": []}}')
+    (tmp_path / "unscored.json").write_text('[{"tokens": [0, 1]}]')
     result = _run(f"--base_model={BASE}", f"--output_dir={tmp_path / 'out'}",
                   *[a.format(tmp=tmp_path) for a in args])
     assert result.returncode == 2, result.stderr[-2000:]
