@@ -21,11 +21,11 @@ the cost's unit; `static_cost(model, cost)` the static model's.
   signature runs it at batch 1 (a TF Serving request of one image): each one-layer model is
   traced into a concrete function holding its weights as variables (as the export leaves
   them) and called on one image; the same fusions are assumed (TensorFlow's CPU graph
-  optimiser fuses a convolution's bias and ReLU). TensorFlow charges every op a fixed cost
-  of tens of microseconds whatever its size, which this sum counts; it leaves out the
-  dynamic signature's control flow (the cond's untaken branch, docs/design.md §7). Cached
-  per machine, TensorFlow version and op-pool threads like the TFLite table, in its own
-  file.
+  optimiser fuses a convolution's bias and ReLU). It leaves out what a batch-1 SavedModel
+  call spends outside the layers (the signature call, every stage's captured variables,
+  the cond's untaken branch, docs/design.md §7), which dominates on this runtime: a rough
+  predictor (docs/design.md §4 gives its measured error). Cached per machine, TensorFlow
+  version and op-pool threads like the TFLite table, in its own file.
 
 Predicted, not measured: the sum leaves out what happens between ops (the dynamic model's IF
 ops and the copies at stage boundaries). How close it comes to exit paths timed whole is a
