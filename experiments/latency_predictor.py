@@ -9,10 +9,11 @@ time predicted from the op table of `--runtime` (`cost.exit_path_costs(net, runt
 measured: the dynamic model exported with thresholds that send every image out at that
 stage, as a TFLite file (`export.convert_to_tflite`; `--runtime=tflite`) or the SavedModel's
 batch-1 signature (`--runtime=saved_model`, TensorFlow's op pools `--threads` wide), all
-models timed in turns over the same images (`latency.time_models`, batch 1, `--threads`). Writes `<output>.json` (per architecture and path: predicted and measured ms,
-the relative error) and `<output>.md` (the median and worst absolute error, per stage and
-overall). Issue 17's goal for the predictor: within 10 % median and 20 % worst. Run it on a
-quiet machine: it measures time.
+models timed in turns over the same images (`latency.time_models`, batch 1, `--threads`).
+Writes `<output>.json` (per architecture and path: predicted and measured ms, the relative
+error) and `<output>.md` (the median and worst absolute error, per stage and overall). Issue
+17's goal for the predictor: within 10 % median and 20 % worst. Run it on a quiet machine: it
+measures time.
 """
 
 import os

@@ -94,9 +94,9 @@ def read_candidates(search_dir: str) -> list[dict]:
 
 
 def read_archs(path: str) -> list[dict]:
-    """The architectures of an earlier ranking: a list of {"tokens", "supernet_score", ...}
-    or search results whose "ranking" (or "ranking_from_static") holds "archs" of that form. Each comes back as a
-    search-log-like record ({"tokens", "reward"})."""
+    """The architectures of an earlier ranking: a list of {"tokens", "supernet_score", ...},
+    or search results whose "ranking" (or "ranking_from_static") holds "archs" of that form.
+    Each comes back as a search-log-like record ({"tokens", "reward"})."""
     try:
         with open(path) as f:
             content = json.load(f)

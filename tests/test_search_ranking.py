@@ -147,7 +147,8 @@ def test_trains_the_spread_and_writes_the_ranking(tmp_path):
     # trained once into the output directory, scores every architecture again, and each
     # training starts from its view.
     from_supernet = tmp_path / "from_supernet"
-    result = _run(f"--base_model={tmp_path / 'base.keras'}", f"--archs={out / 'trained_archs.json'}",
+    result = _run(f"--base_model={tmp_path / 'base.keras'}",
+                  f"--archs={out / 'trained_archs.json'}",
                   f"--output_dir={from_supernet}", "--start_from=supernet", "--num_stages=2",
                   "--supernet_epochs=1", "--bn_images=64", "--epochs=1", "--steps_per_epoch=2",
                   "--batch_size=32", "--verbose=0", *results)
