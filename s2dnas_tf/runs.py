@@ -149,7 +149,7 @@ class SearchRunConfig:
     search: search_lib.SearchConfig = dataclasses.field(default_factory=search_lib.SearchConfig)
     reward: search_lib.RewardConfig = dataclasses.field(default_factory=search_lib.RewardConfig)
     max_first_stage_flops: float | None = None
-    evaluator: str = "finetune"
+    evaluator: str = "supernet"
     candidate_train: training.TrainConfig = dataclasses.field(
         default_factory=lambda: training.TrainConfig(
             epochs=1, learning_rate=0.01, bn_momentum=0.9, distill_weight=1.0, verbose=0,

@@ -150,7 +150,8 @@ class SearchConfig:
 
     Attributes:
         searcher: "rl" or "random".
-        num_candidates: Distinct architectures to evaluate.
+        num_candidates: Distinct architectures to evaluate (100: a few minutes scored from
+            a CIFAR-10 ResNet-20 supernet).
         batch_size: Architectures per controller update.
         seed: Seeds the controller / the random samples.
         max_samples_factor: Stop after this many samples per candidate (a converged
@@ -167,7 +168,7 @@ class SearchConfig:
     """
 
     searcher: str = "rl"
-    num_candidates: int = 20
+    num_candidates: int = 100
     batch_size: int = 4
     seed: int = 0
     max_samples_factor: int = 10

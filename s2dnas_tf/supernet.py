@@ -269,7 +269,7 @@ class Supernet:
             raise ValueError(
                 f"The supernet computes every stage in one full-width tensor, which a "
                 f"LayerNormalization over channels would mix across stages. Received: "
-                f"{node.name!r}; use the fine-tune evaluator for this model."
+                f"{node.name!r}; score this model's candidates with --evaluator=finetune."
             )
         if rule.kind == "mixing":
             cls = _MASKED.get(type(node.layer))
@@ -277,7 +277,8 @@ class Supernet:
                 raise ValueError(
                     f"The supernet masks the kernels of {sorted(c.__name__ for c in _MASKED)}. "
                     f"Received: channel-mixing layer {node.name!r} of class "
-                    f"{type(node.layer).__name__}"
+                    f"{type(node.layer).__name__}; score this model's candidates with "
+                    "--evaluator=finetune."
                 )
             outputs = self._copy(node, inputs, cls)
             self._kernel_masks[node.index] = self._copies[node.index].kernel_mask

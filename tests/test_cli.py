@@ -87,7 +87,7 @@ def test_the_benchmark_shares_the_runs_flags_with_its_own_defaults():
         found = [line.strip() for line in lines[at:end] if line.strip().startswith("(default:")]
         return found[0][len("(default: '"):-2] if found else "None"
 
-    for name, in_search, in_benchmark in [("num_candidates", "20", "16"),
+    for name, in_search, in_benchmark in [("num_candidates", "100", "300"),
                                           ("candidate_steps", "None", "60"),
                                           ("epochs", "30", "10"), ("base_epochs", "30", "15"),
                                           ("channel_multiple", "1", "1")]:

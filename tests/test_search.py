@@ -407,7 +407,7 @@ def _env():
 
 
 SMALL = ["--dataset=digits", "--model=resnet8", "--base_epochs=3", "--num_candidates=3",
-         "--search_batch_size=2", "--candidate_steps=5", "--epochs=1", "--batch_size=32",
+         "--search_batch_size=2", "--supernet_epochs=1", "--epochs=1", "--batch_size=32",
          "--verbose=0"]
 
 
