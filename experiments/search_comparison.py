@@ -10,6 +10,10 @@
    candidates, seconds and the reward of every candidate in order; the RL controller's
    entropy per update; the plot of the best reward so far against candidates.
 
+With `--cost=tflite --latency_budget=F` (or saved_model) the reward is the validation accuracy
+at an average predicted time of F times the static model's (s2dnas_tf.cost), not at
+--flops_budget; the supernet is the same, so its directory can be shared with a FLOPs run.
+
 Every step resumes: started again, the supernet loads, each search continues from its log.
 The ranking entries (Kendall tau between supernet score and trained accuracy) are
 experiments/search_ranking.py's (`--results_name`); this script keeps those already in the
@@ -28,7 +32,8 @@ FLAGS = flags.FLAGS
 cli_common.define_flags(*cli_common.DATA_FLAGS, "batch_size", "seed", "verbose", "strategy",
                         "logical_cpus", "num_stages", "channel_multiple", "flops_budget",
                         "supernet_epochs", "supernet_learning_rate", "search_batch_size",
-                        "output_dir")
+                        "cost", "latency_budget", "output_dir")
+cli_common.register_budget_validator()
 flags.DEFINE_string("base_model", "experiments/checkpoints/cifar10_resnet20.keras",
                     "The trained static model (.keras).")
 flags.DEFINE_integer("num_candidates", 300, "Distinct networks per search.")
@@ -63,7 +68,8 @@ def main(argv):
     out = FLAGS.output_dir
     os.makedirs(out, exist_ok=True)
     print(space.describe(), flush=True)
-    reward = search.RewardConfig(kind="budget", flops_budget=FLAGS.flops_budget)
+    cost, budget = cli_common.budget(FLAGS.flag_values_dict())
+    reward = search.RewardConfig(kind="budget", flops_budget=budget, cost=cost)
     start = time.time()
     evaluator = evaluators.SupernetEvaluator(
         FLAGS.base_model,
@@ -86,6 +92,7 @@ def main(argv):
     print(f"supernet ready in {supernet_seconds:.0f} s", flush=True)
 
     results = {"searchers": {name: [] for name in FLAGS.searchers},
+               "reward": {"cost": cost, "budget": budget},
                "supernet_seconds_this_call": supernet_seconds}
     for seed in seeds:
         for name in FLAGS.searchers:

@@ -53,8 +53,13 @@ def write(results: dict, results_dir: str, name: str) -> str:
 def markdown(results: dict) -> str:
     import numpy as np
 
-    lines = ["# Search comparison (supernet evaluator)", "",
-             "| searcher | seeds | best reward (mean) | spread (max - min) | candidates | s/candidate |",
+    lines = ["# Search comparison (supernet evaluator)", ""]
+    reward = results.get("reward")
+    if reward:
+        unit = "FLOPs" if reward["cost"] == "flops" else f"predicted {reward['cost']} time"
+        lines += [f"Reward: validation accuracy at an average {unit} of {reward['budget']:g} "
+                  "times the static model's.", ""]
+    lines += ["| searcher | seeds | best reward (mean) | spread (max - min) | candidates | s/candidate |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, runs in results.get("searchers", {}).items():
         if not runs:
