@@ -19,6 +19,11 @@ Every method is trained on the same images and measured on the same test split:
                  calibrated like the searched ones (train_dynamic.py): what the search adds;
   s2dnas_rl      the full pipeline with the REINFORCE search (search.py --searcher=rl);
   s2dnas_random  the same with random search and the same number of candidates.
+  s2dnas_rl_flops  with a time --cost: s2dnas_rl's search and thresholds for --flops_budget of
+                 the FLOPs instead (what searching for time changes);
+  thin_matched   the static architecture at the width (a multiple of 1/16) whose predicted
+                 TFLite time is nearest s2dnas_rl's predicted time per image on the test
+                 images, trained like thin_static (after s2dnas_rl).
 Each step is the run of one of those entry points in `--output_dir/<method>/`: the library's
 run (`s2dnas_tf.runs`) with the config that command would build from the flag values shown
 in the log (`cli_common.step_flags`), in a fresh process of its own (see `_start`). Then
@@ -60,7 +65,8 @@ cli_common.define_flags(
     "reject_idle_stages", "num_candidates", "search_batch_size", "candidate_steps",
     "max_first_stage_flops", "candidate_learning_rate", "epochs", "learning_rate",
     "batch_size", "distill_weight", "distill_temperature", "steps_per_epoch", "seed",
-    "verbose", "output_dir", "cost", "latency_budget",
+    "verbose", "output_dir", "cost", "latency_budget", "evaluator", "supernet_epochs",
+    "supernet_learning_rate",
     helps={
         "cost": "What the S2DNAS methods' search reward and thresholds budget: FLOPs, or "
         "each exit path's predicted batch-1 time on tflite or saved_model (with "
@@ -78,6 +84,9 @@ cli_common.define_flags(
         "s2dnas_default): every stage's channel count in a unit of C channels is a multiple "
         "of gcd(C, this); 8 suits TFLite's kernels. 1: any count (the committed runs).",
         "num_candidates": "Architectures each search evaluates.",
+        "evaluator": "How the searches score a candidate: from a weight-sharing supernet "
+        "(trained once, in s2dnas_rl's run and copied into s2dnas_random's) or by a short "
+        "fine-tune (--candidate_steps).",
         "candidate_steps": "Fine-tuning steps per candidate.",
         "epochs": "Training epochs of the chosen S2DNAS nets and of early_exit.",
         "learning_rate": "Peak learning rate of that training.",
@@ -89,14 +98,14 @@ cli_common.define_flags(
 )
 # The benchmark's recipe (experiments/configs/benchmark_cifar10_resnet20.flags sets them too).
 FLAGS.set_default("base_epochs", 15)
-FLAGS.set_default("num_candidates", 16)
+FLAGS.set_default("num_candidates", 300)  # scored from the supernet, seconds each
 FLAGS.set_default("candidate_steps", 60)
 FLAGS.set_default("epochs", 10)
 flags.DEFINE_float("base_learning_rate", 0.1, "Learning rate of the static (and thin) model.")
 flags.DEFINE_float("thin_width", 0.5, "Width multiplier of thin_static.")
 flags.DEFINE_boolean(
     "parallel_searches", False,
-    "Run s2dnas_random's search (its run with stop_after_search) in a second process while "
+    "With --evaluator=finetune: run s2dnas_random's search (its run with stop_after_search) in a second process while "
     "s2dnas_rl's step runs. A candidate's fine-tune spends about half its time tracing and "
     "building graphs on one core, so two searches side by side use both cores better; the "
     "candidates and their rewards are the same (each search has its own seed and log).",
@@ -116,6 +125,13 @@ flags.DEFINE_integer(
     "timing (1: single-stream latency, like a phone core).",
 )
 flags.DEFINE_boolean("tflite", True, "Also time the float TFLite models (needs ai-edge-litert).")
+flags.DEFINE_boolean(
+    "int8", True,
+    "Also convert every method's SavedModel to an int8 TFLite model (post-training "
+    "quantisation calibrated on 512 training images, float32 in and out) and measure its "
+    "accuracy and batch-1 time on the timed test images, in turns with the other models "
+    "(needs ai-edge-litert). A method whose later stages none of those images reaches "
+    "gets no int8 model; its record says why (int8_error).")
 flags.DEFINE_boolean(
     "batch64", True,
     "Also time each SavedModel's serving_default on batches of 64 test images, in turns "
@@ -163,14 +179,54 @@ def _data_values() -> dict:
             "verbose": FLAGS.verbose}
 
 
-def _static_step(method: str, recipe: dict) -> tuple[str, dict]:
-    """static (trained here) and thin_static: the static model's recipe, from scratch."""
+def _static_step(method: str, recipe: dict, base_path: str | None = None
+                 ) -> tuple[str, dict]:
+    """static (trained here), thin_static and thin_matched: the static model's recipe, from
+    scratch."""
     values = {**_data_values(), "model": recipe["model"], "epochs": recipe["epochs"],
               "learning_rate": recipe["learning_rate"], "augment": recipe["augment"],
               "output_dir": os.path.join(FLAGS.output_dir, method)}
     if method == "thin_static":
         values["width_multiplier"] = FLAGS.thin_width
+    if method == "thin_matched":
+        values["width_multiplier"] = _matched_width(recipe, base_path)
     return "train_base", values
+
+
+MATCHED_WIDTHS = [k / 16 for k in range(2, 16)]
+
+
+def _matched_width(recipe: dict, base_path: str) -> float:
+    """thin_matched's width: the one whose predicted TFLite time ratio is nearest
+    s2dnas_rl's predicted time per image on the test images (its exit fractions), both
+    from this machine's per-layer TFLite times (`s2dnas_tf.cost`), computed once and kept
+    in <output_dir>/thin_matched/width.json."""
+    import keras
+
+    from s2dnas_tf import benchmark, fileio, models
+
+    path = os.path.join(FLAGS.output_dir, "thin_matched", "width.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)["width_multiplier"]
+    report_path = os.path.join(FLAGS.output_dir, "s2dnas_rl", "report.json")
+    if not os.path.isfile(report_path):
+        raise StepFailed("thin_matched matches s2dnas_rl's time: run s2dnas_rl first "
+                         "(list it in --methods)")
+    with open(report_path) as f:
+        report = json.load(f)
+    static = keras.saving.load_model(base_path)
+    net = keras.saving.load_model(os.path.join(FLAGS.output_dir, "s2dnas_rl", "multistage.keras"))
+    target = benchmark.expected_time_ratio(net, report["dynamic"]["exit_fractions"], static)
+    shape, classes = static.input_shape[1:], static.output_shape[-1]
+    width, ratio = benchmark.matched_width(
+        target, lambda w: models.build_model(recipe["model"], classes, shape, width_multiplier=w),
+        MATCHED_WIDTHS)
+    _say(f"thin_matched: width {width} (predicted TFLite time {ratio:.3f}x the static "
+         f"model's; s2dnas_rl's {target:.3f}x)")
+    fileio.write_json(path, {"width_multiplier": width, "predicted_ratio": ratio,
+                             "s2dnas_rl_predicted_ratio": target})
+    return width
 
 
 def _dynamic_step(method: str, base_path: str, dynamic_base: str) -> tuple[str, dict]:
@@ -188,17 +244,21 @@ def _dynamic_step(method: str, base_path: str, dynamic_base: str) -> tuple[str, 
     if method == "early_exit":
         return "train_dynamic", {**values, "early_exit": True}
     values["channel_multiple"] = FLAGS.channel_multiple  # the S2DNAS space
-    if FLAGS.cost != "flops":  # the S2DNAS methods' budget in predicted time
+    if FLAGS.cost != "flops" and method != "s2dnas_rl_flops":
+        # The S2DNAS methods' budget in predicted time.
         values.update(cost=FLAGS.cost, latency_budget=FLAGS.latency_budget)
     if method == "s2dnas_default":
         return "train_dynamic", values
     return "search", {
         **values, "searcher": method.split("_")[1], "reward": "budget",
         "num_candidates": FLAGS.num_candidates, "search_batch_size": FLAGS.search_batch_size,
-        "candidate_steps": FLAGS.candidate_steps,
-        "candidate_learning_rate": FLAGS.candidate_learning_rate,
         "max_first_stage_flops": FLAGS.max_first_stage_flops,
-        "reject_idle_stages": FLAGS.reject_idle_stages,
+        "reject_idle_stages": FLAGS.reject_idle_stages, "evaluator": FLAGS.evaluator,
+        **({"supernet_epochs": FLAGS.supernet_epochs,
+            "supernet_learning_rate": FLAGS.supernet_learning_rate}
+           if FLAGS.evaluator == "supernet" else
+           {"candidate_steps": FLAGS.candidate_steps,
+            "candidate_learning_rate": FLAGS.candidate_learning_rate}),
     }
 
 
@@ -330,8 +390,8 @@ def _train_steps(base_path: str, recipe: dict) -> None:
     for method in _requested_methods():
         if method == "static":
             continue
-        if method == "thin_static":
-            kind, values = _static_step(method, recipe)
+        if method in ("thin_static", "thin_matched"):
+            kind, values = _static_step(method, recipe, base_path)
             done, said = "model.keras", "trained already"
         else:
             kind, values = _dynamic_step(method, base_path, dynamic_base)
@@ -340,6 +400,8 @@ def _train_steps(base_path: str, recipe: dict) -> None:
         if os.path.isfile(os.path.join(out, method, done)):
             _say(f"{method}: {said}")
             continue
+        if method in ("s2dnas_random", "s2dnas_rl_flops"):
+            _share_supernet(method)
         if method == "s2dnas_rl" and _search_alongside():
             background = _start_random_search(base_path, dynamic_base)
         try:
@@ -358,10 +420,35 @@ def _train_steps(base_path: str, recipe: dict) -> None:
             background = None
 
 
+def _share_supernet(method: str) -> None:
+    """With the supernet evaluator, gives `method`'s run (s2dnas_random, s2dnas_rl_flops) a
+    copy of the supernet s2dnas_rl's run trained, unless it has one: the steps differ only
+    in the searcher or the reward, so that is the supernet its run would train itself (same
+    data, recipe and seed), and the benchmark trains it once. Copied, not linked: a run
+    owns its directories. Written under a temporary name and renamed, so a killed copy
+    leaves nothing half-made."""
+    import shutil
+
+    if FLAGS.evaluator != "supernet":
+        return
+    source = os.path.join(FLAGS.output_dir, "s2dnas_rl", "supernet")
+    target = os.path.join(FLAGS.output_dir, method, "supernet")
+    if os.path.exists(target) or not os.path.isfile(os.path.join(source, "supernet.keras")):
+        return
+    partial = target + ".partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial)
+    os.replace(partial, target)
+    _say(f"{method}: uses s2dnas_rl's supernet (copied from {source})")
+
+
 def _search_alongside() -> bool:
     """Whether s2dnas_random's search should run alongside s2dnas_rl's step: asked for, both
-    methods requested, and random's search not finished yet."""
+    methods requested, random's search not finished yet, and candidates fine-tuned (with
+    the supernet evaluator the searches take seconds per candidate and share a supernet)."""
     if not (FLAGS.parallel_searches and "s2dnas_random" in FLAGS.methods):
+        return False
+    if FLAGS.evaluator == "supernet":
         return False
     run_dir = os.path.join(FLAGS.output_dir, "s2dnas_random")
     return not any(os.path.isfile(os.path.join(run_dir, f)) for f in ("arch.json", "report.json"))
@@ -378,22 +465,29 @@ def _start_random_search(base_path: str, dynamic_base: str):
     return _start(method, kind, {**values, "stop_after_search": True}), time.time()
 
 
+INT8 = "tflite_int8"  # the key of a method's int8 TFLite model among the timed ones
+# Training images that calibrate the int8 quantisation (each stage on those that reach it).
+INT8_IMAGES = 512
+
+
 def _measured_file(method: str, base_path: str) -> str:
     """What a method's measurements come from: its model file (static, thin_static) or its
     report.json (the trained dynamic runs; it names their exports)."""
     if method == "static":
         return base_path
-    name = "model.keras" if method == "thin_static" else "report.json"
+    name = "model.keras" if method in ("thin_static", "thin_matched") else "report.json"
     return os.path.join(FLAGS.output_dir, method, name)
 
 
-def _measure_all(names, base_path, splits, images, static_flops):
+def _measure_all(names, base_path, splits, images, labels, static_flops):
     """Every method's record. The exported models are timed together, in turns
     (`latency.time_models`), so that the machine's drift falls on all of them alike; the
     records are cached in <output_dir>/measurements.json for the same methods, images and
     threads and the same trained models (a step redone after its directory was deleted is
     measured again; delete the file to measure again anyway). With --batch64 the
-    SavedModels are also timed on batches of 64 (`latency.time_saved_model_batches`)."""
+    SavedModels are also timed on batches of 64 (`latency.time_saved_model_batches`); with
+    --int8 each SavedModel is also converted to an int8 TFLite model, timed in the same
+    turns, and its accuracy taken from its answers (`labels`: the timed images' classes)."""
     import keras
     import numpy as np
 
@@ -402,16 +496,19 @@ def _measure_all(names, base_path, splits, images, static_flops):
     cache = os.path.join(FLAGS.output_dir, "measurements.json")
     key = benchmark.measurement_key(
         {m: _measured_file(m, base_path) for m in names}, num_images=len(images),
-        threads=FLAGS.latency_threads, tflite=FLAGS.tflite, batch64=FLAGS.batch64)
+        threads=FLAGS.latency_threads, tflite=FLAGS.tflite, batch64=FLAGS.batch64,
+        int8=FLAGS.int8)
     cached = benchmark.cached_records(cache, key)
     if cached is not None:
         _say(f"measurements: {cache} (same methods, images and threads)")
         return cached
     prepared, models = {}, {}
+    representative = None  # int8 calibration images, loaded once
+    int8_errors = {}  # method -> why it has no int8 model
     for method in names:
         run_dir = os.path.join(FLAGS.output_dir, method)
         os.makedirs(run_dir, exist_ok=True)
-        if method in ("static", "thin_static"):
+        if method in ("static", "thin_static", "thin_matched"):
             path = base_path if method == "static" else os.path.join(run_dir, "model.keras")
             model = keras.saving.load_model(path)
             probs = training.predict_stage_probabilities(model, splits.test)[0]
@@ -435,6 +532,18 @@ def _measure_all(names, base_path, splits, images, static_flops):
         models[(method, latency.SAVED_MODEL)] = (latency.SAVED_MODEL, saved)
         if tflite:
             models[(method, latency.TFLITE)] = (latency.TFLITE, tflite)
+        if FLAGS.int8:
+            if representative is None:
+                representative, _ = splits.train.select(
+                    np.arange(min(INT8_IMAGES, len(splits.train)))).arrays()
+            _say(f"{method}: converting its SavedModel to int8 TFLite ...")
+            try:
+                models[(method, INT8)] = (latency.TFLITE, export.convert_to_tflite(
+                    saved, os.path.join(run_dir, "model_int8.tflite"), quantize="int8",
+                    representative_images=representative))
+            except ValueError as e:  # a stage none of the images reaches: no int8 model
+                int8_errors[method] = str(e)
+                _say(f"{method}: no int8 model: {e}")
     _say(f"measuring: {len(models)} exported models of {', '.join(names)}, batch 1, one "
          f"image at a time over {len(images)} test images, in turns ...")
     timed = latency.time_models(
@@ -455,9 +564,11 @@ def _measure_all(names, base_path, splits, images, static_flops):
     for method in names:
         stats = timed[(method, latency.SAVED_MODEL)]
         exit_stages = stats.pop("exit_stages")
+        stats.pop("predictions")
         tflite_stats = timed.get((method, latency.TFLITE))
         if tflite_stats is not None:
             tflite_stats.pop("exit_stages")
+            tflite_stats.pop("predictions")
         info = prepared[method]
         if "report" in info:
             record = benchmark.dynamic_record(
@@ -469,6 +580,11 @@ def _measure_all(names, base_path, splits, images, static_flops):
                 accuracy=info["accuracy"], flops=info["flops"], latency=stats,
                 tflite_latency=tflite_stats, train_seconds=info["train_seconds"],
             )
+        int8 = timed.get((method, INT8))
+        if int8 is not None:
+            record.update(benchmark.int8_record(int8, labels, len(record["exit_fractions"])))
+        elif method in int8_errors:
+            record["int8_error"] = int8_errors[method]
         record["step_seconds"] = timings.get(method)
         record["saved_model_b64_ms"] = (
             batched[method]["mean_ms_per_image"] if method in batched else None)
@@ -476,7 +592,10 @@ def _measure_all(names, base_path, splits, images, static_flops):
         _say(f"{method}: accuracy {record['accuracy']:.4f}, "
              f"{record['avg_flops'] / 1e6:.2f} MFLOPs, SavedModel {record['latency_ms']:.3f} "
              f"ms/image" + ("" if record.get("tflite_latency_ms") is None
-                            else f", TFLite {record['tflite_latency_ms']:.3f} ms/image"))
+                            else f", TFLite {record['tflite_latency_ms']:.3f} ms/image")
+             + ("" if record.get("int8_accuracy") is None
+                else f", int8 TFLite {record['int8_accuracy']:.4f} at "
+                     f"{record['int8_latency_ms']:.3f} ms/image"))
     benchmark.write_cached_records(cache, key, records)
     return records
 
@@ -488,6 +607,15 @@ def main(argv):
         return cli_common.usage_error(
             f"--methods accepts {', '.join(_methods())}. Received: {', '.join(unknown)}"
         )
+    if "s2dnas_rl_flops" in FLAGS.methods and FLAGS.cost == "flops":
+        return cli_common.usage_error(
+            "s2dnas_rl_flops is s2dnas_rl searched for FLOPs, to compare with the time search "
+            "of --cost=tflite or saved_model; with --cost=flops it is s2dnas_rl. Received: "
+            "--cost=flops")
+    if "thin_matched" in FLAGS.methods and "s2dnas_rl" not in FLAGS.methods:
+        return cli_common.usage_error(
+            "thin_matched is matched to s2dnas_rl's time: list s2dnas_rl in --methods too. "
+            f"Received: --methods={','.join(FLAGS.methods)}")
     # TensorFlow's op pools sized for timing before its first op (latency.set_tf_threads).
     cli_common.start_tensorflow(None, threads=FLAGS.latency_threads)
     out = FLAGS.output_dir
@@ -535,11 +663,11 @@ def main(argv):
         return 1
 
     # Every model timed the same way, on the same images, all of them in turns.
-    x, _ = splits.test.head(FLAGS.latency_images or None).arrays()
+    x, labels = splits.test.head(FLAGS.latency_images or None).arrays()
     images = latency.batch1_images(x)
     names = ["static"] + [m for m in _requested_methods() if m != "static"]
     try:
-        methods = _measure_all(names, base_path, splits, images, static_flops)
+        methods = _measure_all(names, base_path, splits, images, labels, static_flops)
     except StepFailed as e:
         print(f"benchmark.py: {e}", file=sys.stderr)
         return 1
@@ -563,8 +691,11 @@ def main(argv):
                   + f" weights, distillation "
                   f"weight {FLAGS.distill_weight} T {FLAGS.distill_temperature}, thresholds "
                   f"for {FLAGS.flops_budget:.0%} FLOPs on validation; searches: "
-                  f"{FLAGS.num_candidates} candidates of {FLAGS.candidate_steps} steps, "
-                  f"{FLAGS.search_batch_size} per controller update"
+                  f"{FLAGS.num_candidates} candidates "
+                  + (f"scored from a supernet of {FLAGS.supernet_epochs} epochs, "
+                     if FLAGS.evaluator == "supernet" else
+                     f"of {FLAGS.candidate_steps} fine-tuning steps, ")
+                  + f"{FLAGS.search_batch_size} per controller update"
                   + (f", first stage <= {FLAGS.max_first_stage_flops:.0%} of the static FLOPs"
                      if FLAGS.max_first_stage_flops is not None else "")
                   + (f"; S2DNAS channel counts multiples of {FLAGS.channel_multiple}"

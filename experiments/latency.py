@@ -88,6 +88,7 @@ def main(argv):
     )
     for (runtime, kind), stats in timed.items():
         stages = stats.pop("exit_stages")
+        stats.pop("predictions")
         result[runtime][kind] = stats
         if (runtime, kind) == ("savedmodel", "dynamic"):
             exit_stages = stages

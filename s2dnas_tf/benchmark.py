@@ -18,11 +18,16 @@ import numpy as np
 from s2dnas_tf import fileio
 from s2dnas_tf import latency as latency_lib
 
+# In the order they run: thin_matched needs s2dnas_rl's network, the searches after the
+# first reuse its supernet.
 METHODS = (
     "static", "static_ft", "thin_static", "early_exit", "s2dnas_default", "s2dnas_rl",
-    "s2dnas_random",
+    "s2dnas_random", "s2dnas_rl_flops", "thin_matched",
 )
-DYNAMIC_METHODS = ("early_exit", "s2dnas_default", "s2dnas_rl", "s2dnas_random")
+DYNAMIC_METHODS = ("early_exit", "s2dnas_default", "s2dnas_rl", "s2dnas_random",
+                   "s2dnas_rl_flops")
+THIN_METHODS = ("thin_static", "thin_matched")  # static architectures trained from scratch
+SEARCH_METHODS = ("s2dnas_rl", "s2dnas_random", "s2dnas_rl_flops")
 LABELS = {
     "static": "static ResNet (original)",
     "static_ft": "static ResNet, fine-tuned like the dynamic methods",
@@ -31,7 +36,55 @@ LABELS = {
     "s2dnas_default": "S2DNAS space's default architecture, no search",
     "s2dnas_rl": "S2DNAS, REINFORCE search",
     "s2dnas_random": "S2DNAS, random search",
+    "s2dnas_rl_flops": "S2DNAS, REINFORCE search for FLOPs (not time)",
+    "thin_matched": "thin static at s2dnas_rl's predicted TFLite time, from scratch",
 }
+
+
+def expected_time_ratio(net, exit_fractions: Sequence[float], static_model,
+                        cost: str = "tflite", table=None) -> float:
+    """A multi-stage net's predicted time per image, its images leaving at its stages in
+    `exit_fractions`, as a fraction of the static model's predicted time
+    (`cost.exit_path_costs`: per-layer times measured once on this machine and cached)."""
+    from s2dnas_tf import cost as cost_lib
+
+    paths = cost_lib.exit_path_costs(net, cost, table)
+    if len(exit_fractions) != len(paths):
+        raise ValueError(f"Expected one exit fraction per stage ({len(paths)}). Received: "
+                         f"{list(exit_fractions)}")
+    expected = float(np.dot(exit_fractions, paths))
+    return expected / cost_lib.static_cost(static_model, cost, table)
+
+
+def matched_width(target_ratio: float, build, widths: Sequence[float],
+                  cost: str = "tflite", table=None) -> tuple[float, float]:
+    """The width multiplier whose thin model is predicted to take the nearest fraction of the
+    full-width model's time to `target_ratio`.
+
+    Args:
+        target_ratio: The time to match, a fraction of the full model's (> 0).
+        build: width multiplier -> a freshly built model (1.0: the full one).
+        widths: The widths to try, each in (0, 1].
+        cost: A time cost of `cost.COSTS`.
+
+    Returns:
+        (width, its predicted time ratio).
+
+    Raises:
+        ValueError: For no widths, a width outside (0, 1] or a target <= 0.
+    """
+    from s2dnas_tf import cost as cost_lib
+
+    widths = [float(w) for w in widths]
+    if not widths or any(not 0 < w <= 1 for w in widths):
+        raise ValueError(f"widths must be a non-empty list of numbers in (0, 1]. Received: "
+                         f"{widths}")
+    if not target_ratio > 0:
+        raise ValueError(f"target_ratio must be > 0. Received: {target_ratio!r}")
+    full = cost_lib.static_cost(build(1.0), cost, table)
+    ratios = {w: cost_lib.static_cost(build(w), cost, table) / full for w in widths}
+    width = min(widths, key=lambda w: (abs(ratios[w] - target_ratio), w))
+    return width, ratios[width]
 
 
 def static_record(
@@ -127,6 +180,26 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def int8_record(stats: dict, labels: np.ndarray, num_stages: int) -> dict[str, Any]:
+    """The int8 TFLite model's part of a method's record, from its `latency.time_models`
+    stats on the timed images (`labels`: their classes): its accuracy from its own answers
+    (post-training quantisation moves some confidences across the thresholds, so its exits
+    can differ from the float model's), its mean and median batch-1 time, its exits."""
+    predictions = np.asarray(stats["predictions"])
+    labels = np.asarray(labels).reshape([-1])
+    if predictions.shape != labels.shape:
+        raise ValueError(f"Expected one prediction per label. Received: {predictions.shape[0]} "
+                         f"predictions, {labels.shape[0]} labels")
+    exit_stages = np.asarray(stats["exit_stages"])
+    return {
+        "int8_accuracy": float((predictions == labels).mean()),
+        "int8_latency_ms": float(stats["mean_ms"]),
+        "int8_latency_median_ms": float(stats["median_ms"]),
+        "int8_exit_fractions": [float((exit_stages == s).mean())
+                                for s in range(1, num_stages + 1)],
+    }
 
 
 def measurement_key(model_files: dict[str, str], **settings) -> dict:
@@ -282,6 +355,69 @@ def evaluate_goals(
         add(goal, bool(d_ft >= -accuracy_tolerance and f_ratio <= flops_ratio),
             f"{m['accuracy']:.4f} vs {ft['accuracy']:.4f} ({d_ft * 100:+.2f} points) at "
             f"{f_ratio:.3f}x FLOPs")
+    goals += time_goals(methods, accuracy_tolerance=accuracy_tolerance, method=method)
+    return goals
+
+
+def time_goals(
+    methods: dict[str, dict],
+    *,
+    accuracy_tolerance: float = 0.005,
+    tflite_ratio: float = 0.5,
+    batch64_ratio: float = 0.6,
+    method: str = "s2dnas_rl",
+) -> list[dict[str, Any]]:
+    """The goals in measured time (benchmark round 2), after `evaluate_goals`' FLOPs ones:
+    `method` within `accuracy_tolerance` of the static model at <= `tflite_ratio` of its
+    TFLite batch-1 time, its SavedModel per image at batch 64 <= `batch64_ratio` of the
+    static model's and at batch 1 no slower; more accurate than early_exit, thin_static
+    and thin_matched at their measured TFLite time (the best point of its test curve whose
+    time, its exit fractions x each exit path's measured mean, is within theirs). A goal
+    whose times were not measured (no TFLite, no batch 64) or whose method was not run is
+    None, not a pass."""
+    goals = []
+    s, m = methods.get("static"), methods.get(method)
+
+    def add(goal, met, detail):
+        goals.append({"goal": goal, "met": met, "detail": detail})
+
+    def ratio(key):
+        if s is None or m is None or s.get(key) is None or m.get(key) is None:
+            return None
+        return m[key] / s[key]
+
+    goal = (f"accuracy within {accuracy_tolerance * 100:.1f} point of static at <= "
+            f"{tflite_ratio:.2f}x its TFLite batch-1 time")
+    r = ratio("tflite_latency_ms")
+    if r is None:
+        add(goal, None, "TFLite times not measured, or a method not run")
+    else:
+        d_acc = m["accuracy"] - s["accuracy"]
+        add(goal, bool(d_acc >= -accuracy_tolerance and r <= tflite_ratio),
+            f"{m['accuracy']:.4f} vs {s['accuracy']:.4f} ({d_acc * 100:+.2f} points) at "
+            f"{r:.2f}x TFLite time ({m['tflite_latency_ms']:.3f} vs "
+            f"{s['tflite_latency_ms']:.3f} ms)")
+    for key, goal, limit in (
+        ("saved_model_b64_ms", f"SavedModel per image at batch 64 <= {batch64_ratio:.2f}x "
+         "static", batch64_ratio),
+        ("latency_ms", "SavedModel batch-1 latency no slower than static", 1.0),
+    ):
+        r = ratio(key)
+        add(goal, None if r is None else bool(r <= limit),
+            "not measured, or a method not run" if r is None else
+            f"{m[key]:.3f} vs {s[key]:.3f} ms ({r:.2f}x)")
+    for other in ("early_exit", "thin_static", "thin_matched"):
+        goal = f"more accurate than {other} at equal measured TFLite time"
+        o = methods.get(other)
+        if m is None or o is None or o.get("tflite_latency_ms") is None:
+            add(goal, None, f"{other} was not run or not timed in TFLite")
+            continue
+        mine = best_accuracy_within(m.get("latency_curve") or [], o["tflite_latency_ms"],
+                                    "tflite_latency_ms")
+        add(goal, bool(mine is not None and mine > o["accuracy"]),
+            f"within {other}'s {o['tflite_latency_ms']:.3f} ms: {method} "
+            + ("has no point" if mine is None else f"{mine:.4f}")
+            + f" vs {other} {o['accuracy']:.4f}")
     return goals
 
 
@@ -315,11 +451,22 @@ def to_markdown(results: dict) -> str:
         "SavedModel's batch-1 signature, one test image at a time, mean over the timed images "
         "(TFLite: float model, LiteRT interpreter, 1 thread).",
         "",
+        "Times in ms per image, with their ratio to the static model's in parentheses; int8: "
+        "the SavedModel converted to an int8 TFLite model (post-training quantisation), its "
+        "own accuracy and batch-1 time.",
+        "",
         "| method | accuracy | vs static | avg MFLOPs | FLOPs ratio | SavedModel ms | "
-        "latency ratio | TFLite ms | SavedModel b64 ms/image | exit fractions | "
-        "oracle acc @ FLOPs ratio | search s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "latency ratio | TFLite ms | SavedModel b64 ms/image | int8 accuracy | int8 TFLite ms "
+        "| exit fractions | oracle acc @ FLOPs ratio | search s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+
+    def timed(m: dict, key: str) -> str:
+        value, base = m.get(key), (static or {}).get(key)
+        if value is None:
+            return "-"
+        return f"{value:.3f}" + (f" ({value / base:.2f}x)" if base else "")
+
     for name in METHODS:
         m = methods.get(name)
         if m is None:
@@ -336,9 +483,10 @@ def to_markdown(results: dict) -> str:
                     f"{m['avg_flops'] / base_flops:.3f}" if base_flops else "-",
                     f"{m['latency_ms']:.3f}",
                     f"{m['latency_ms'] / base_lat:.2f}" if base_lat else "-",
-                    "-" if m.get("tflite_latency_ms") is None else f"{m['tflite_latency_ms']:.3f}",
-                    "-" if m.get("saved_model_b64_ms") is None
-                    else f"{m['saved_model_b64_ms']:.3f}",
+                    timed(m, "tflite_latency_ms"),
+                    timed(m, "saved_model_b64_ms"),
+                    "-" if m.get("int8_accuracy") is None else f"{m['int8_accuracy']:.4f}",
+                    timed(m, "int8_latency_ms"),
                     ", ".join(f"{f:.3f}" for f in m["exit_fractions"]),
                     "-" if not oracle else (
                         f"{oracle['accuracy']:.4f} @ {oracle['avg_flops'] / base_flops:.3f}"
@@ -428,7 +576,8 @@ def plot(results: dict, path: str) -> None:
     flops = static["avg_flops"]
     colors = {"static": "black", "static_ft": "tab:brown", "thin_static": "tab:gray",
               "early_exit": "tab:orange", "s2dnas_default": "tab:green",
-              "s2dnas_rl": "tab:red", "s2dnas_random": "tab:blue"}
+              "s2dnas_rl": "tab:red", "s2dnas_random": "tab:blue",
+              "s2dnas_rl_flops": "tab:purple", "thin_matched": "tab:olive"}
     fig, (ax, lat) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name in METHODS:
         m = methods.get(name)

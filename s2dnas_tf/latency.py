@@ -182,7 +182,9 @@ def time_models(
 
     Returns:
         {name: stats}: "mean_ms", "median_ms", "p90_ms", each exit path's mean and median
-        (`by_exit`) and "exit_stages" (int array, the model's own exit for each image).
+        (`by_exit`), "exit_stages" (int array, the model's own exit for each image) and
+        "predictions" (int array, the arg max of its logits for each image: what an int8
+        model's accuracy is measured from).
 
     Raises:
         ValueError: An unknown kind, or no images.
@@ -207,6 +209,10 @@ def time_models(
         ).astype(np.int64)
         stats.update(by_exit(ms, exit_stages))
         stats["exit_stages"] = exit_stages
+        stats["predictions"] = np.concatenate(
+            [np.asarray(o["logits"]).reshape([-1, np.shape(o["logits"])[-1]]).argmax(-1)
+             for o in outs]
+        ).astype(np.int64)
         result[name] = stats
     return result
 
