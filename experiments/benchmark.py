@@ -103,6 +103,15 @@ FLAGS.set_default("candidate_steps", 60)
 FLAGS.set_default("epochs", 10)
 flags.DEFINE_float("base_learning_rate", 0.1, "Learning rate of the static (and thin) model.")
 flags.DEFINE_float("thin_width", 0.5, "Width multiplier of thin_static.")
+flags.DEFINE_list(
+    "thin_checkpoints", [],
+    "Trained thin models (.keras, each with its sidecar <name>.json like --base_model's) that "
+    "thin_static and thin_matched use instead of training, when one was trained on this "
+    "run's data with the static model's recipe at the width wanted (the sidecar's data and "
+    "train: model, width_multiplier, epochs, learning_rate, augment, batch_size).")
+flags.DEFINE_list(
+    "matched_widths", [str(k / 16) for k in range(2, 16)],
+    "The widths thin_matched chooses from (e.g. those of --thin_checkpoints).")
 flags.DEFINE_boolean(
     "parallel_searches", False,
     "With --evaluator=finetune: run s2dnas_random's search (its run with stop_after_search) in a second process while "
@@ -144,6 +153,22 @@ flags.register_validator("latency_warmup", lambda v: v >= 0, "--latency_warmup m
 flags.register_validator("latency_threads", lambda v: v >= 1, "--latency_threads must be >= 1.")
 flags.register_validator("num_stages", lambda v: v >= 2, "--num_stages must be >= 2.")
 flags.register_validator("thin_width", lambda v: 0 < v < 1, "--thin_width must be in (0, 1).")
+
+
+def _widths_ok(values) -> bool:
+    try:
+        return bool(values) and all(0 < float(v) <= 1 for v in values)
+    except ValueError:
+        return False
+
+
+flags.register_validator("matched_widths", _widths_ok,
+                         "--matched_widths must be a comma-separated list of numbers in (0, 1].")
+flags.register_validator(
+    "thin_checkpoints",
+    lambda paths: all(os.path.isfile(p) and os.path.isfile(os.path.splitext(p)[0] + ".json")
+                      for p in paths),
+    "--thin_checkpoints must be existing .keras files, each with its sidecar <name>.json.")
 flags.register_validator(
     "latency_images", lambda v: v is None or v >= 1, "--latency_images must be >= 1."
 )
@@ -193,9 +218,6 @@ def _static_step(method: str, recipe: dict, base_path: str | None = None
     return "train_base", values
 
 
-MATCHED_WIDTHS = [k / 16 for k in range(2, 16)]
-
-
 def _matched_width(recipe: dict, base_path: str) -> float:
     """thin_matched's width: the one whose predicted TFLite time ratio is nearest
     s2dnas_rl's predicted time per image on the test images (its exit fractions), both
@@ -221,7 +243,7 @@ def _matched_width(recipe: dict, base_path: str) -> float:
     shape, classes = static.input_shape[1:], static.output_shape[-1]
     width, ratio = benchmark.matched_width(
         target, lambda w: models.build_model(recipe["model"], classes, shape, width_multiplier=w),
-        MATCHED_WIDTHS)
+        [float(w) for w in FLAGS.matched_widths])
     _say(f"thin_matched: width {width} (predicted TFLite time {ratio:.3f}x the static "
          f"model's; s2dnas_rl's {target:.3f}x)")
     fileio.write_json(path, {"width_multiplier": width, "predicted_ratio": ratio,
@@ -397,6 +419,8 @@ def _train_steps(base_path: str, recipe: dict) -> None:
             kind, values = _dynamic_step(method, base_path, dynamic_base)
             done, said = "report.json", "done already"
         _check_step(method, kind, values)
+        if method in ("thin_static", "thin_matched"):
+            _use_thin_checkpoint(method, values)
         if os.path.isfile(os.path.join(out, method, done)):
             _say(f"{method}: {said}")
             continue
@@ -418,6 +442,41 @@ def _train_steps(base_path: str, recipe: dict) -> None:
             _wait("s2dnas_random's search (run alongside s2dnas_rl)", process)
             _record_seconds("s2dnas_random", time.time() - started)
             background = None
+
+
+def _use_thin_checkpoint(method: str, values: dict) -> None:
+    """Puts the --thin_checkpoints model that fits `method`'s step (same data, the static
+    model's recipe, the width wanted) into its run as model.keras with its sidecar as
+    model.json, unless the run holds a model already: the step is then done without
+    training. Each file is copied under a temporary name and renamed into place."""
+    import shutil
+
+    run_dir = os.path.join(FLAGS.output_dir, method)
+    target = os.path.join(run_dir, "model.keras")
+    if os.path.exists(target):
+        return
+    wanted = {"model": values["model"], "width_multiplier": values["width_multiplier"],
+              "epochs": values["epochs"], "learning_rate": values["learning_rate"],
+              "augment": values["augment"], "batch_size": values["batch_size"]}
+    for path in FLAGS.thin_checkpoints:
+        sidecar = os.path.splitext(path)[0] + ".json"
+        if not (os.path.isfile(path) and os.path.isfile(sidecar)):
+            continue
+        with open(sidecar) as f:
+            info = json.load(f)
+        train = {**info.get("train", {})}
+        train.setdefault("width_multiplier", 1.0)
+        if info.get("data") != _data_key() or any(
+                train.get(k) != v for k, v in wanted.items()):
+            continue
+        os.makedirs(run_dir, exist_ok=True)
+        for source, destination in ((sidecar, os.path.join(run_dir, "model.json")),
+                                    (path, target)):  # the model last: it marks the step done
+            shutil.copyfile(source, destination + ".partial")
+            os.replace(destination + ".partial", destination)
+        _say(f"{method}: {path} (trained on this run's data with this recipe at width "
+             f"{values['width_multiplier']})")
+        return
 
 
 def _share_supernet(method: str) -> None:

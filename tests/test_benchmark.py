@@ -383,6 +383,38 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     assert {p: os.path.getmtime(out / p) for p in stamps} == stamps
 
 
+@pytest.mark.slow  # a static model trained on digits, two models measured
+def test_a_thin_checkpoint_of_this_recipe_is_used_instead_of_training(tmp_path):
+    """--thin_checkpoints: thin_static takes the checkpoint whose sidecar says it was trained
+    on this run's data with the static model's recipe at --thin_width, and is measured as
+    it is (here an untrained thin ResNet-8: about chance); one of another width is not
+    taken."""
+    from s2dnas_tf import models
+
+    train = {"model": "resnet8", "epochs": 2, "learning_rate": 0.05, "augment": False,
+             "batch_size": 64}
+    data = {"dataset": "digits", "per_class_limit": None, "validation_fraction": 0.1,
+            "seed": 0}
+    paths = []
+    for width in (0.25, 0.5):
+        path = tmp_path / f"thin_{width}.keras"
+        models.build_model("resnet8", 10, (8, 8, 1), width_multiplier=width).save(path)
+        path.with_suffix(".json").write_text(json.dumps(
+            {"data": data, "train": {**train, "width_multiplier": width}}))
+        paths.append(str(path))
+    out, results = tmp_path / "run", tmp_path / "results"
+    result = run_benchmark(*DIGITS, f"--output_dir={out}", f"--results_dir={results}",
+                           "--results_name=b", "--methods=static,thin_static",
+                           f"--thin_checkpoints={','.join(paths)}", "--noint8", "--nobatch64")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"thin_static: {paths[1]} (trained on this run's data" in result.stdout
+    assert "thin_static: trained already" in result.stdout
+    assert (out / "thin_static" / "model.keras").read_bytes() == pathlib.Path(
+        paths[1]).read_bytes()
+    thin = json.loads((results / "b.json").read_text())["methods"]["thin_static"]
+    assert thin["accuracy"] < 0.3  # the untrained checkpoint, not a model trained here
+
+
 def test_measurements_cache_is_keyed_by_what_was_measured(tmp_path):
     """The benchmark's measurements.json: read back for the same methods, files and
     settings; a step redone (another report.json of the same name), another method order
@@ -425,6 +457,8 @@ def test_measurements_cache_is_keyed_by_what_was_measured(tmp_path):
         (["--cost=gpu"], "--cost"),
         (["--methods=static,s2dnas_rl,s2dnas_rl_flops"], "with --cost=flops it is s2dnas_rl"),
         (["--methods=static,thin_matched"], "list s2dnas_rl in --methods too"),
+        (["--matched_widths=0.5,1.5"], "--matched_widths must be a comma-separated list"),
+        (["--thin_checkpoints=/missing.keras"], "--thin_checkpoints must be existing"),
     ],
 )
 def test_benchmark_bad_flags_exit_2(tmp_path, args, expected):
