@@ -128,6 +128,12 @@ class ControllerConfig:
             (the first batch's own, then the moving average of squared advantages).
         temperature: Logits are divided by it everywhere (sampling, training, greedy);
             > 1 flattens the policy.
+        risk_seeking: None, or a fraction e in (0, 1): each update learns only from the
+            architectures at or above the batch's (1 - e) quantile of rewards, with that
+            quantile as the baseline (the risk-seeking policy gradient of Petersen et al.,
+            "Deep symbolic regression", ICLR 2021). A search keeps the best architecture it
+            finds, so this optimises the best rewards instead of the mean; it wants batches
+            of several architectures per update (with 4, only the best of each batch).
         seed: Seeds the initializers and the sampling generator.
     """
 
@@ -138,6 +144,7 @@ class ControllerConfig:
     baseline_decay: float = 0.9
     normalize_rewards: bool = False
     temperature: float = 1.0
+    risk_seeking: float | None = None
     seed: int = 0
 
     def validate(self) -> None:
@@ -159,6 +166,10 @@ class ControllerConfig:
                 "baseline_decay must be in [0, 1]. Received: "
                 f"baseline_decay={self.baseline_decay!r}"
             )
+        if self.risk_seeking is not None and not (
+                isinstance(self.risk_seeking, (float, int)) and 0 < self.risk_seeking < 1):
+            raise ValueError("risk_seeking must be None or a fraction in (0, 1). Received: "
+                             f"risk_seeking={self.risk_seeking!r}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0. Received: temperature={self.temperature!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or (
@@ -520,6 +531,9 @@ class Controller:
         baseline = mean_reward if self.baseline is None else self.baseline
         decay = self.config.baseline_decay
         advantages = rewards - baseline
+        if self.config.risk_seeking is not None:
+            quantile = float(np.quantile(rewards, 1 - self.config.risk_seeking))
+            advantages = np.where(rewards >= quantile, rewards - quantile, 0.0)
         if self.config.normalize_rewards:
             square = float(np.mean(advantages**2))
             if self.reward_scale is None:

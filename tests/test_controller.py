@@ -158,6 +158,27 @@ def test_normalized_rewards_make_updates_invariant_to_the_rewards_scale():
     assert moved_large > moved_small
 
 
+def test_risk_seeking_learns_only_from_the_top_of_the_batch():
+    """risk_seeking=e: the batch's (1 - e) quantile is the baseline and only architectures at
+    or above it push; a batch whose rewards are all equal moves nothing (no entropy term
+    here), and the best architecture of a batch becomes more likely."""
+    config = ControllerConfig(seed=1, risk_seeking=0.25, entropy_weight=0.0)
+    controller = Controller(KINDS, CHOICES, config)
+    batch = [controller.sample(valid_choices)[0] for _ in range(4)]
+    before = _weights(controller)
+    controller.update(batch, [0.5] * 4, valid_choices)
+    for a, b in zip(before, _weights(controller)):
+        np.testing.assert_array_equal(a, b)
+    best = batch[2]
+    start = float(controller.log_prob([best], valid_choices)[0][0])
+    for _ in range(5):
+        controller.update(batch, [0.1, 0.2, 0.9, 0.3], valid_choices)
+    assert float(controller.log_prob([best], valid_choices)[0][0]) > start + 0.5
+    for bad in (0.0, 1.0, True, "0.2"):
+        with pytest.raises(ValueError, match="risk_seeking must be None or a fraction"):
+            ControllerConfig(risk_seeking=bad).validate()
+
+
 # --- masking and consistency ----------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@
     e.g. ... runs/search_v2/rl_seed0/search_log.jsonl,runs/search_v2/random_seed0/search_log.jsonl \
              "default={}" "uniform={'space_prior': False}" "norm={'normalize_rewards': True}"
 
-SETTINGS are ControllerConfig fields, and space_prior (SearchConfig's, default True).
+SETTINGS are ControllerConfig fields, and space_prior and batch_size (SearchConfig's,
+default True and 4).
 The surrogate is a ridge regression of a real supernet search log's rewards (CIFAR-10
 ResNet-20, 3 stages) on the tokens (one-hot), the architecture's cumulative stage FLOPs ratios
 and whether stage 1 alone is over the 0.5 budget, plus a fixed per-architecture residual drawn
@@ -66,12 +67,13 @@ def main(log_path, settings):
         return {"reward": reward, "val_accuracy": reward, "avg_flops": 0.0,
                 "flops_ratio": 0.5, "thresholds": [], "budget_met": True}
 
-    def run(searcher, seed, config=None, space_prior=True):
+    def run(searcher, seed, config=None, space_prior=True, batch_size=4):
         with tempfile.TemporaryDirectory() as d:
             summary = search.run_search(
                 space, surrogate,
-                search.SearchConfig(searcher=searcher, num_candidates=300, batch_size=4,
-                                    seed=seed, space_prior=space_prior),
+                search.SearchConfig(searcher=searcher, num_candidates=300,
+                                    batch_size=batch_size, seed=seed,
+                                    space_prior=space_prior),
                 d, log=lambda message: None, controller_config=config)
             with open(os.path.join(d, "search_log.jsonl")) as f:
                 rewards = [json.loads(line)["reward"] for line in f if line.strip()]
@@ -89,8 +91,9 @@ def main(log_path, settings):
             out = [run("random", s) for s in seeds]
         else:
             kwargs = dict(kwargs)
-            prior = kwargs.pop("space_prior", True)  # a SearchConfig setting
-            out = [run("rl", s, controller.ControllerConfig(seed=s, **kwargs), prior)
+            prior = kwargs.pop("space_prior", True)  # SearchConfig settings
+            batch = kwargs.pop("batch_size", 4)
+            out = [run("rl", s, controller.ControllerConfig(seed=s, **kwargs), prior, batch)
                    for s in seeds]
         best = [b for b, _ in out]
         entropy = "" if kwargs is None else " entropy " + " ".join(
