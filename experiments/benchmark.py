@@ -114,8 +114,8 @@ flags.DEFINE_list(
     "The widths thin_matched chooses from (e.g. those of --thin_checkpoints).")
 flags.DEFINE_boolean(
     "parallel_searches", False,
-    "With --evaluator=finetune: run s2dnas_random's search (its run with stop_after_search) in a second process while "
-    "s2dnas_rl's step runs. A candidate's fine-tune spends about half its time tracing and "
+    "With --evaluator=finetune: run s2dnas_random's search (its run with "
+    "stop_after_search) in a second process while s2dnas_rl's step runs. A candidate's fine-tune spends about half its time tracing and "
     "building graphs on one core, so two searches side by side use both cores better; the "
     "candidates and their rewards are the same (each search has its own seed and log).",
 )

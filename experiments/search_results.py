@@ -59,7 +59,8 @@ def markdown(results: dict) -> str:
         unit = "FLOPs" if reward["cost"] == "flops" else f"predicted {reward['cost']} time"
         lines += [f"Reward: validation accuracy at an average {unit} of {reward['budget']:g} "
                   "times the static model's.", ""]
-    lines += ["| searcher | seeds | best reward (mean) | spread (max - min) | candidates | s/candidate |",
+    lines += ["| searcher | seeds | best reward (mean) | spread (max - min) | candidates "
+              "| s/candidate |",
              "| --- | --- | --- | --- | --- | --- |"]
     for name, runs in results.get("searchers", {}).items():
         if not runs:
