@@ -62,7 +62,7 @@ flags.DEFINE_list(
 # The flags the benchmark shares with the runs' entry points (their meaning here in `helps`).
 cli_common.define_flags(
     "base_model", "model", "base_epochs", "num_stages", "flops_budget", "channel_multiple",
-    "reject_idle_stages", "num_candidates", "search_batch_size", "candidate_steps",
+    "block_skipping", "reject_idle_stages", "num_candidates", "search_batch_size", "candidate_steps",
     "max_first_stage_flops", "candidate_learning_rate", "epochs", "learning_rate",
     "batch_size", "distill_weight", "distill_temperature", "steps_per_epoch", "seed",
     "verbose", "output_dir", "cost", "latency_budget", "evaluator", "supernet_epochs",
@@ -83,6 +83,8 @@ cli_common.define_flags(
         "channel_multiple": "The S2DNAS methods' space (s2dnas_rl, s2dnas_random, "
         "s2dnas_default): every stage's channel count in a unit of C channels is a multiple "
         "of gcd(C, this); 8 suits TFLite's kernels. 1: any count (the committed runs).",
+        "block_skipping": "The S2DNAS methods' space gains a depth decision: stages may "
+        "skip identity blocks (off in the committed runs).",
         "num_candidates": "Architectures each search evaluates.",
         "evaluator": "How the searches score a candidate: from a weight-sharing supernet "
         "(trained once, in s2dnas_rl's run and copied into s2dnas_random's) or by a short "
@@ -266,6 +268,7 @@ def _dynamic_step(method: str, base_path: str, dynamic_base: str) -> tuple[str, 
     if method == "early_exit":
         return "train_dynamic", {**values, "early_exit": True}
     values["channel_multiple"] = FLAGS.channel_multiple  # the S2DNAS space
+    values["block_skipping"] = FLAGS.block_skipping
     if FLAGS.cost != "flops" and method != "s2dnas_rl_flops":
         # The S2DNAS methods' budget in predicted time.
         values.update(cost=FLAGS.cost, latency_budget=FLAGS.latency_budget)
@@ -759,6 +762,7 @@ def main(argv):
                      if FLAGS.max_first_stage_flops is not None else "")
                   + (f"; S2DNAS channel counts multiples of {FLAGS.channel_multiple}"
                      if FLAGS.channel_multiple != 1 else "")
+                  + ("; S2DNAS stages may skip identity blocks" if FLAGS.block_skipping else "")
                   + (f"; S2DNAS search reward and thresholds for {FLAGS.latency_budget:.0%} "
                      f"of the static model's predicted {FLAGS.cost} time"
                      if FLAGS.cost != "flops" else "")),

@@ -143,6 +143,11 @@ _flag(flags.DEFINE_integer, "channel_multiple", 1,
       "(s2dnas_tf.SearchSpace); 8 keeps the stages on the whole channel blocks of TFLite's "
       "kernels; 1: any count.",
       _at_least(1), "--channel_multiple must be an int >= 1.")
+_flag(flags.DEFINE_boolean, "block_skipping", False,
+      "Add a depth decision to the space (s2dnas_tf.SearchSpace): each stage but the last "
+      "may skip the last identity blocks (residual blocks with an identity shortcut) of "
+      "each unit group, up to as many as the stage before; --tokens then end with the "
+      "skips. Fewer layers per stage: what TensorFlow's per-op cost at batch 1 pays for.")
 _flag(flags.DEFINE_float, "flops_budget", 0.5,
       "Average-FLOPs budget, a fraction of the static model's.",
       _fraction, "--flops_budget must be in (0, 1].")
@@ -249,7 +254,7 @@ RUN_FLAGS = {
                                               "overwrite"),
     "search": DATA_FLAGS + TRAIN_FLAGS + (
         "base_model", "preprocessing", "model", "base_epochs", "num_stages",
-        "channel_multiple", "searcher",
+        "channel_multiple", "block_skipping", "searcher",
         "num_candidates", "search_batch_size", "reward", "flops_budget", "cost",
         "latency_budget", "flops_lambda", "max_first_stage_flops", "reject_idle_stages", "evaluator", "supernet_epochs",
         "supernet_learning_rate", "candidate_epochs", "candidate_steps",
@@ -258,8 +263,8 @@ RUN_FLAGS = {
         "stop_after_search",
     ),
     "train_dynamic": DATA_FLAGS + TRAIN_FLAGS + (
-        "base_model", "preprocessing", "num_stages", "channel_multiple", "tokens",
-        "early_exit",
+        "base_model", "preprocessing", "num_stages", "channel_multiple", "block_skipping",
+        "tokens", "early_exit",
         "flops_budget", "cost", "latency_budget", "stage_weights", "distill_weight", "distill_temperature",
         "output_dir", "overwrite",
     ),
@@ -478,6 +483,7 @@ def search_config(values):
         base_train=train_config(values, epochs=values["base_epochs"]),
         num_stages=values["num_stages"],
         channel_multiple=values["channel_multiple"],
+        block_skipping=values["block_skipping"],
         search=search.SearchConfig(
             searcher=values["searcher"],
             num_candidates=values["num_candidates"],
@@ -539,6 +545,7 @@ def train_dynamic_config(values):
         data=data_config(values),
         num_stages=values["num_stages"],
         channel_multiple=values["channel_multiple"],
+        block_skipping=values["block_skipping"],
         tokens=tokens,
         early_exit=values["early_exit"],
         flops_budget=budget_ratio,

@@ -14,7 +14,8 @@ import cli_common  # sets TF_CPP_MIN_LOG_LEVEL before TensorFlow loads
 from absl import flags
 
 FLAGS = flags.FLAGS
-cli_common.define_flags("model", "num_stages", "channel_multiple", "tokens", "seed", helps={
+cli_common.define_flags("model", "num_stages", "channel_multiple", "block_skipping", "tokens",
+                        "seed", helps={
     "model": "Reference model name, or a path to a .keras file.",
     "tokens": "Architecture tokens (comma-separated ints).",
     "seed": "Sample an architecture with this seed instead.",
@@ -44,7 +45,8 @@ def main(argv):
         )
     try:
         space = s2d.SearchSpace.from_model(
-            model, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple
+            model, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple,
+            block_skipping=FLAGS.block_skipping,
         )
         if FLAGS.tokens:
             arch = space.decode([int(t) for t in FLAGS.tokens])

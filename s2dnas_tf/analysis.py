@@ -24,6 +24,12 @@ and read by channel-mixing layers whose outputs rejoin that same feature map's u
 excitation, multiplied back onto it). A gate unit is not split: stage 1 computes all of
 it from the pooled channels it holds, and every stage's excitation reads it whole
 (docs/design.md §2, "Squeeze-and-excite").
+
+An *identity block* is a residual block whose shortcut is the identity: an `Add` of a tensor x
+and a branch f(x) computed from x alone (every layer of f reads x or f's own tensors, f has a
+channel-mixing layer, none of f's tensors is read outside it, and f holds no squeeze-and-excite
+gate). A stage may skip such a block (its features flow through the shortcut), which is the
+space's optional depth decision (docs/design.md §3, "Depth").
 """
 
 from __future__ import annotations
@@ -84,6 +90,28 @@ class UnitGroup:
         return "x".join(str(d) for d in self.resolution)
 
 
+@dataclasses.dataclass(frozen=True)
+class IdentityBlock:
+    """A residual block `add(x, f(x))` whose shortcut is the identity (module docstring).
+
+    Attributes:
+        index: Position among the model's identity blocks (topological order of the Add).
+        group: Unit group of the Add's output.
+        add: Node index of the Add.
+        shortcut: Tensor key of x.
+        branch: Tensor keys computed inside f, f(x) included: what a stage skipping the
+            block does not compute.
+        nodes: Node indices of f's layers.
+    """
+
+    index: int
+    group: int
+    add: int
+    shortcut: int
+    branch: frozenset
+    nodes: tuple
+
+
 class Analysis:
     """The result of analysing a model: graph, units, unit groups, classifier.
 
@@ -107,6 +135,7 @@ class Analysis:
         self.groups: list[UnitGroup] = []
         self._unit_of_root: dict[int, Unit] = {}
         self._group_of_tensor: dict[int, int] = {}
+        self.identity_blocks: list[IdentityBlock] = []
 
     # --- union-find, used by the rules' `analyse` ---------------------------------------
 
@@ -233,7 +262,66 @@ class Analysis:
         self._build_units()
         for unit in self.units:
             unit.gate = self._is_gate(unit)
+        self.identity_blocks = self._find_identity_blocks()
         return self
+
+    def blocks_of_group(self, group: int) -> list[IdentityBlock]:
+        """The identity blocks whose Add is in unit group `group`, input side first."""
+        return [b for b in self.identity_blocks if b.group == group]
+
+    def _find_identity_blocks(self) -> list[IdentityBlock]:
+        graph = self.graph
+        readers: dict[int, set[int]] = {}
+        for node in graph.nodes:
+            for key in node.inputs:
+                readers.setdefault(key, set()).add(node.index)
+        blocks = []
+        for node in graph.nodes:
+            if type(node.layer) is not keras.layers.Add or len(set(node.inputs)) != 2:
+                continue
+            for x, y in (node.inputs, node.inputs[::-1]):
+                found = self._identity_branch(node, x, y, readers)
+                if found is not None:
+                    nodes, keys = found
+                    blocks.append(IdentityBlock(
+                        len(blocks), self.group_of_tensor(node.outputs[0]), node.index, x,
+                        frozenset(keys), tuple(sorted(nodes)),
+                    ))
+                    break
+        return blocks
+
+    def _identity_branch(self, add, x: int, y: int, readers) -> tuple | None:
+        """(node indices, tensor keys) of the branch computing `y` from `x` alone, if
+        `add(x, y)` is an identity block; else None."""
+        graph = self.graph
+        if x in self.shared or y in self.shared or self.unit_of(x) is None:
+            return None
+        start = graph.tensors[x].producer
+        start = -1 if start is None else start
+        tail = {n.index for n in self.tail} | {self.classifier.index}
+        nodes: set[int] = set()
+        stack = [graph.tensors[y].producer]
+        while stack:
+            p = stack.pop()
+            if p is None or p <= start or p in tail:
+                return None  # reaches back past x: f reads more than x
+            if p in nodes:
+                continue
+            nodes.add(p)
+            stack += [graph.tensors[k].producer for k in graph.nodes[p].inputs if k != x]
+        if not any(x in graph.nodes[p].inputs for p in nodes):
+            return None
+        if not any(self.rules[p].kind == "mixing" for p in nodes):
+            return None
+        keys = {k for p in nodes for k in graph.nodes[p].outputs}
+        for key in keys:
+            allowed = {add.index} if key == y else nodes
+            if not readers.get(key, set()) <= allowed:
+                return None
+            unit = self.unit_of(key)
+            if unit is not None and unit.gate:
+                return None
+        return nodes, keys
 
     def _is_gate(self, unit: Unit) -> bool:
         """Whether `unit` is a squeeze-and-excite bottleneck: produced by a channel-mixing

@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from s2dnas_tf import fileio
 
-KINDS = ("fraction", "concat")  # the decision types of a SearchSpace (space.token_kinds)
+KINDS = ("fraction", "concat", "depth")  # the decision types of a SearchSpace (space.token_kinds)
 STATE_FORMAT = "s2dnas_tf.controller/1"
 
 # Below this spread the rewards are taken as equal and the advantages are left unscaled.
@@ -203,7 +203,8 @@ class Controller:
         """Builds every variable eagerly.
 
         Args:
-            token_kinds: The decision kind ("fraction" or "concat") of each token position.
+            token_kinds: The decision kind ("fraction", "concat" or "depth") of each token
+                position.
             token_choices: The number of values (>= 1) at each position.
             config: Settings; `ControllerConfig()` when None.
             log_prior: None, or per position token_choices[pos] finite log-weights added to

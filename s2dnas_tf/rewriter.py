@@ -56,6 +56,15 @@ class _Context:
         by_index = space.unit_bounds(arch)
         self._bounds = {unit.root: by_index[unit.index] for unit in analysis.units}
         self._tail = {n.index for n in analysis.tail}
+        # Per stage, the tensors of the identity blocks it skips (Arch.skips): it computes
+        # nothing there, so its slice of each block's output is its slice of the input.
+        self._skipped: list[set[int]] = [set() for _ in range(arch.num_stages + 1)]
+        for stage in range(1, arch.num_stages):
+            for group in range(arch.num_groups):
+                count = arch.skipped_blocks(stage, group)
+                blocks = analysis.blocks_of_group(group)
+                for block in blocks[len(blocks) - count:] if count else []:
+                    self._skipped[stage] |= block.branch
         # Mixing outputs that follow a derived layout (analysis.follows) copy the per-stage
         # channels of one derived tensor of their unit (`_follow_order` picks it and walks
         # it first), recorded as the walk produces it (`record`).
@@ -67,6 +76,8 @@ class _Context:
         return self._bounds[unit.root]
 
     def allocated(self, key: int, stage: int) -> np.ndarray:
+        if key in self._skipped[stage]:
+            return np.zeros([0], np.int64)
         unit = self.analysis.unit_of(key)
         if unit is None:
             source = self._layout_key.get(key)
@@ -428,7 +439,8 @@ def transform(model: keras.Model, arch: space_lib.Arch) -> keras.Model:
             f"Received: arch of type {type(arch).__name__}"
         )
     analysis = analysis_lib.analyse(model)
-    space = space_lib.SearchSpace(analysis, arch.num_stages, arch.grid, arch.channel_multiple)
+    space = space_lib.SearchSpace(
+        analysis, arch.num_stages, arch.grid, arch.channel_multiple, bool(arch.skips))
     space.check_arch(arch)
     return _Builder(space, arch).build()
 

@@ -117,6 +117,8 @@ class SearchRunConfig:
         base_train: How to train it (state in `<output_dir>/base`).
         num_stages: Stages S of the multi-stage nets.
         channel_multiple: `SearchSpace.from_model`'s channel multiple.
+        block_skipping: `SearchSpace.from_model`'s depth decision (stages may skip
+            identity blocks).
         search: The search loop.
         reward: How a candidate is scored; its `flops_budget` is also the budget the
             chosen net's thresholds are calibrated for.
@@ -146,6 +148,7 @@ class SearchRunConfig:
     base_train: training.TrainConfig = dataclasses.field(default_factory=training.TrainConfig)
     num_stages: int = 3
     channel_multiple: int = 1
+    block_skipping: bool = False
     search: search_lib.SearchConfig = dataclasses.field(default_factory=search_lib.SearchConfig)
     reward: search_lib.RewardConfig = dataclasses.field(default_factory=search_lib.RewardConfig)
     max_first_stage_flops: float | None = None
@@ -183,6 +186,8 @@ class TrainDynamicConfig:
         data: The dataset.
         num_stages: Stages S (exits, with `early_exit`).
         channel_multiple: `SearchSpace.from_model`'s channel multiple (1 with early exits).
+        block_skipping: `SearchSpace.from_model`'s depth decision (off with early exits);
+            `tokens` then include the skips.
         tokens: The architecture's tokens; None: the space's default architecture.
         early_exit: The early-exit baseline (`early_exit.attach_exits`) instead of an S2DNAS
             architecture; `tokens` must then be None.
@@ -201,6 +206,7 @@ class TrainDynamicConfig:
     data: data_lib.DataConfig = dataclasses.field(default_factory=data_lib.DataConfig)
     num_stages: int = 3
     channel_multiple: int = 1
+    block_skipping: bool = False
     tokens: Sequence[int] | None = None
     early_exit: bool = False
     flops_budget: float = 0.5
@@ -344,7 +350,8 @@ def run_search(
             base = _load_static_model(config.base_model, config.preprocessing)
             load_start = time.time()
             splits = data_lib.load_dataset_for(config.data, base)
-            space = _space(base, splits, config.num_stages, config.channel_multiple)
+            space = _space(base, splits, config.num_stages, config.channel_multiple,
+                           config.block_skipping)
         else:
             load_start = time.time()
             splits = data_lib.load_dataset(config.data)
@@ -364,7 +371,8 @@ def run_search(
                 trained.save(tmp)
         with _checking_input():
             base = _load_static_model(base_path)
-            space = _space(base, splits, config.num_stages, config.channel_multiple)
+            space = _space(base, splits, config.num_stages, config.channel_multiple,
+                           config.block_skipping)
     log(space.describe())
 
     # 2. The search.
@@ -475,6 +483,11 @@ def train_dynamic(
             f"keeps the static model's channels. Received: channel_multiple="
             f"{config.channel_multiple!r} with early_exit=True"
         )
+    if config.early_exit and config.block_skipping:
+        raise InputError(
+            "block_skipping applies to S2DNAS architectures; the early-exit baseline runs "
+            "the static model's blocks. Received: block_skipping=True with early_exit=True"
+        )
     if os.path.exists(os.path.join(out, "report.json")) and not config.overwrite:
         raise FinishedRunError(f"{out} holds a finished run (report.json)")
     train_config = dataclasses.replace(config.train, output_dir=os.path.join(out, "train"))
@@ -499,7 +512,8 @@ def train_dynamic(
             early_exit.attach_exits(base, config.num_stages)  # checks the model up front
         else:
             space = SearchSpace.from_model(
-                base, num_stages=config.num_stages, channel_multiple=config.channel_multiple
+                base, num_stages=config.num_stages, channel_multiple=config.channel_multiple,
+                block_skipping=config.block_skipping,
             )
             arch = space.decode(list(config.tokens)) if config.tokens else space.default_arch()
     os.makedirs(out, exist_ok=True)
@@ -607,12 +621,14 @@ def _read_static_model(path: str) -> keras.Model:
 
 
 def _space(
-    base: keras.Model, splits: data_lib.Splits, num_stages: int, channel_multiple: int
+    base: keras.Model, splits: data_lib.Splits, num_stages: int, channel_multiple: int,
+    block_skipping: bool,
 ) -> SearchSpace:
     data_lib.check_num_classes(splits, base)
     data_lib.check_image_shape(splits, base)
     return SearchSpace.from_model(
-        base, num_stages=num_stages, channel_multiple=channel_multiple
+        base, num_stages=num_stages, channel_multiple=channel_multiple,
+        block_skipping=block_skipping,
     )
 
 

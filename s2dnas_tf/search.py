@@ -415,7 +415,7 @@ def first_stage_flops_cap(model, max_ratio: float) -> Callable[[Arch], bool]:
     def admissible(arch: Arch) -> bool:
         key = tuple(arch.fraction(1, g) for g in range(arch.num_groups)) + (
             arch.channel_multiple,
-        )
+        ) + (tuple(arch.skips[0]) if arch.skips else ())
         if key not in cache:
             cache[key] = rewriter.stage_flops(rewriter.transform(model, arch))[0] / static
         return cache[key] <= max_ratio

@@ -8,8 +8,21 @@ An architecture is a short list of discrete decisions (tokens):
 - for each stage s >= 2, its concat position: the unit group from which on it reuses the
   features of stages 1..s-1 (before it, it runs on its own channels only).
 
+- optionally (`block_skipping=True`), for each stage s < S and each unit group g, its depth:
+  how many of the group's last identity blocks (`analysis.IdentityBlock`: residual blocks
+  whose shortcut is the identity) stage s skips, 0..n_g. A stage skips no more blocks than
+  the stage before it; the last stage skips none.
+
 Token order: the fractions of stage 1 (one per group), those of stage 2, ..., stage S-1, then
-the concat positions of stages 2..S.
+the concat positions of stages 2..S, then (with block skipping) the skips of stage 1 (one per
+group), ..., stage S-1.
+
+Depth: a stage that skips an identity block `x + f(x)` computes nothing of f: its slice of
+the block's output is its slice of x (the features flow through the shortcut), and a later
+stage that reads earlier stages' features inside f reads nothing from the skipping stage
+there. Every weight is inherited as before; the skipped stage's slice of f's inner channels
+is computed by no stage. Fewer layers per stage is what a runtime with a cost per op
+(TensorFlow's CPU kernels at batch 1) pays for, which channel slices alone cannot cut.
 
 Channel multiple: with `channel_multiple=m` (an attribute of the space and of its archs, not a
 token), every stage's channel group in a unit of C channels is a multiple of gcd(C, m) (so of
@@ -83,6 +96,9 @@ class Arch:
         group_labels: Readable name of each unit group (e.g. "32x32").
         channel_multiple: Stage channel counts are multiples of gcd(unit channels, this)
             (see the module docstring); 1: any count.
+        skips: Empty (a space without block skipping), or S-1 rows (stages 1..S-1) of one
+            value per unit group: how many of the group's last identity blocks the stage
+            skips (see the module docstring).
     """
 
     num_stages: int
@@ -91,6 +107,7 @@ class Arch:
     concat_positions: tuple
     group_labels: tuple
     channel_multiple: int = 1
+    skips: tuple = ()
 
     @property
     def num_groups(self) -> int:
@@ -100,7 +117,14 @@ class Arch:
     def tokens(self) -> list[int]:
         """The architecture as a list of ints (see the module docstring)."""
         fraction_tokens = [v - 1 for row in self.fractions for v in row]
-        return fraction_tokens + list(self.concat_positions)
+        skip_tokens = [v for row in self.skips for v in row]
+        return fraction_tokens + list(self.concat_positions) + skip_tokens
+
+    def skipped_blocks(self, stage: int, group: int) -> int:
+        """How many of group `group`'s last identity blocks stage `stage` skips."""
+        if not self.skips or stage >= self.num_stages:
+            return 0
+        return self.skips[stage - 1][group]
 
     def fraction(self, stage: int, group: int) -> float:
         """Cumulative fraction of group `group`'s channels visible to stages <= `stage`."""
@@ -121,6 +145,7 @@ class Arch:
             "fractions": [list(r) for r in self.fractions],
             "concat_positions": list(self.concat_positions),
             "channel_multiple": self.channel_multiple,
+            "skips": [list(r) for r in self.skips],
             "readable": str(self),
         }
 
@@ -130,7 +155,8 @@ class Arch:
     @classmethod
     def from_dict(cls, data: dict) -> "Arch":
         """Inverse of `to_dict` (the readable form is ignored; a dict without
-        channel_multiple, as written before it existed, means 1)."""
+        channel_multiple or skips, as written before they existed, means 1 or no block
+        skipping)."""
         try:
             arch = cls(
                 num_stages=int(data["num_stages"]),
@@ -139,11 +165,13 @@ class Arch:
                 concat_positions=tuple(int(v) for v in data["concat_positions"]),
                 group_labels=tuple(data["group_labels"]),
                 channel_multiple=int(data.get("channel_multiple", 1)),
+                skips=tuple(tuple(int(v) for v in row) for row in data.get("skips", ())),
             )
         except (KeyError, TypeError) as e:
             raise ValueError(
                 "An arch dict needs num_stages, grid, fractions, concat_positions and "
-                f"group_labels (channel_multiple is optional). Received keys: {sorted(data)}"
+                "group_labels (channel_multiple and skips are optional). Received keys: "
+                f"{sorted(data)}"
             ) from e
         if arch.channel_multiple < 1:
             raise ValueError(
@@ -175,6 +203,11 @@ class Arch:
             if stage > 1:
                 pos = self.concat_positions[stage - 2]
                 text += f"; reuses stages <{stage} from group {pos} ({self.group_labels[pos]})"
+            if self.skips and stage < self.num_stages and any(self.skips[stage - 1]):
+                text += "; skips the last " + ", ".join(
+                    f"{v} block(s) of {self.group_labels[g]}"
+                    for g, v in enumerate(self.skips[stage - 1]) if v
+                )
             lines.append(text)
         return "\n".join(lines)
 
@@ -191,12 +224,18 @@ class SearchSpace:
         num_stages: int,
         grid: int,
         channel_multiple: int = 1,
+        block_skipping: bool = False,
     ):
         self.analysis = analysis
         self.num_stages = num_stages
         self.grid = grid
         self.channel_multiple = channel_multiple
+        self.block_skipping = bool(block_skipping)
         self.group_labels = tuple(g.label for g in analysis.groups)
+        # Identity blocks per unit group: the most a stage can skip there.
+        self.skippable = tuple(
+            len(analysis.blocks_of_group(g.index)) for g in analysis.groups
+        )
 
     @classmethod
     def from_model(
@@ -205,6 +244,7 @@ class SearchSpace:
         num_stages: int = 3,
         grid: int = DEFAULT_GRID,
         channel_multiple: int = 1,
+        block_skipping: bool = False,
     ) -> "SearchSpace":
         """Analyses `model` and builds its space.
 
@@ -215,6 +255,8 @@ class SearchSpace:
             channel_multiple: Every stage's channel count in a unit of C channels is a
                 multiple of gcd(C, channel_multiple) (>= 1; 8 suits TFLite's kernels; see the
                 module docstring).
+            block_skipping: Add a depth decision per stage and unit group: how many of the
+                group's last identity blocks the stage skips (module docstring).
 
         Returns:
             The space.
@@ -238,8 +280,13 @@ class SearchSpace:
                 "channel_multiple must be an int >= 1 (e.g. 8 for TFLite's kernels). "
                 f"Received: channel_multiple={channel_multiple!r}"
             )
+        if not isinstance(block_skipping, (bool, np.bool_)):
+            raise TypeError(
+                f"block_skipping must be a bool. Received: block_skipping={block_skipping!r}"
+            )
         return cls(
-            analysis_lib.analyse(model), int(num_stages), int(grid), int(channel_multiple)
+            analysis_lib.analyse(model), int(num_stages), int(grid), int(channel_multiple),
+            bool(block_skipping),
         )
 
     # --- shape of the token sequence ----------------------------------------------------
@@ -250,16 +297,28 @@ class SearchSpace:
 
     @property
     def num_tokens(self) -> int:
+        depth = self.num_groups if self.block_skipping else 0
+        return (self.num_stages - 1) * (self.num_groups + 1 + depth)
+
+    @property
+    def _depth_start(self) -> int:
+        """Position of the first depth token."""
         return (self.num_stages - 1) * (self.num_groups + 1)
 
     def token_kinds(self) -> list[str]:
-        """"fraction" or "concat" for each token position (a controller's head per kind)."""
+        """"fraction", "concat" or "depth" for each token position (a controller's head per
+        kind)."""
         n = (self.num_stages - 1) * self.num_groups
-        return ["fraction"] * n + ["concat"] * (self.num_stages - 1)
+        depth = n if self.block_skipping else 0
+        return ["fraction"] * n + ["concat"] * (self.num_stages - 1) + ["depth"] * depth
 
     def token_choices(self) -> list[int]:
         """Number of possible values at each token position."""
-        return [self.grid if k == "fraction" else self.num_groups for k in self.token_kinds()]
+        sizes = {"fraction": self.grid, "concat": self.num_groups}
+        choices = [sizes.get(k, 0) for k in self.token_kinds()]
+        for pos in range(self._depth_start, self.num_tokens):
+            choices[pos] = self.skippable[(pos - self._depth_start) % self.num_groups] + 1
+        return choices
 
     def valid_choices(self, prefix: Sequence[int]) -> list[int]:
         """Values allowed at position len(prefix) given the tokens before it (fractions may
@@ -267,8 +326,13 @@ class SearchSpace:
         pos = len(prefix)
         if pos >= self.num_tokens:
             raise ValueError(f"All {self.num_tokens} tokens are given. Received: {len(prefix)}")
-        if self.token_kinds()[pos] == "concat":
+        kind = self.token_kinds()[pos]
+        if kind == "concat":
             return list(range(self.num_groups))
+        if kind == "depth":  # no more skips than the stage before
+            if pos - self._depth_start >= self.num_groups:
+                return list(range(prefix[pos - self.num_groups] + 1))
+            return list(range(self.skippable[pos - self._depth_start] + 1))
         low = prefix[pos - self.num_groups] if pos >= self.num_groups else 0
         return list(range(low, self.grid))
 
@@ -280,14 +344,23 @@ class SearchSpace:
         A group's fractions are a non-decreasing sequence over the grid; value v at stage r
         leaves C(grid - v + m - 1, m) ways to finish it (m = num_stages - 1 - r stages left),
         whatever came before, so log of that count is the weight (the last stage's is 0).
-        Concat tokens are unconstrained: weight 0. A controller that adds these to its logits
+        Concat tokens are unconstrained: weight 0. A depth token's values form a
+        non-increasing sequence: value v with m stages left leaves C(v + m, m) ways. A
+        controller that adds these to its logits
         (`Controller(log_prior=...)`) starts from random search's distribution, not from
         uniform tokens, which favour wide first stages.
         """
         prior = []
+        choices = self.token_choices()
         for pos, kind in enumerate(self.token_kinds()):
             if kind == "concat":
                 prior.append(np.zeros(self.num_groups))
+                continue
+            if kind == "depth":
+                left = self.num_stages - 2 - (pos - self._depth_start) // self.num_groups
+                prior.append(np.log([
+                    float(math.comb(v + left, left)) for v in range(choices[pos])
+                ]))
                 continue
             left = self.num_stages - 2 - pos // self.num_groups
             prior.append(np.log([
@@ -299,7 +372,11 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct architectures."""
         per_group = math.comb(self.grid + self.num_stages - 2, self.num_stages - 1)
-        return per_group**self.num_groups * self.num_groups ** (self.num_stages - 1)
+        size = per_group**self.num_groups * self.num_groups ** (self.num_stages - 1)
+        if self.block_skipping:
+            for n in self.skippable:
+                size *= math.comb(n + self.num_stages - 1, self.num_stages - 1)
+        return size
 
     # --- architectures --------------------------------------------------------------------
 
@@ -329,6 +406,14 @@ class SearchSpace:
                     f"channels stage {pos // self.num_groups} sees in group "
                     f"{pos % self.num_groups}. Received: {tokens}"
                 )
+        for pos in range(self._depth_start + self.num_groups, self.num_tokens):
+            if tokens[pos] > tokens[pos - self.num_groups]:
+                stage = (pos - self._depth_start) // self.num_groups + 1
+                raise ValueError(
+                    f"Token {pos}: stage {stage} may skip no more identity blocks than stage "
+                    f"{stage - 1} in group {(pos - self._depth_start) % self.num_groups}. "
+                    f"Received: {tokens}"
+                )
         g, s = self.num_groups, self.num_stages
         fractions = tuple(
             tuple(tokens[r * g + j] + 1 for j in range(g)) for r in range(s - 1)
@@ -337,9 +422,13 @@ class SearchSpace:
             s,
             self.grid,
             fractions,
-            tuple(tokens[(s - 1) * g :]),
+            tuple(tokens[(s - 1) * g : self._depth_start]),
             self.group_labels,
             self.channel_multiple,
+            tuple(
+                tuple(tokens[self._depth_start + r * g + j] for j in range(g))
+                for r in range(s - 1)
+            ) if self.block_skipping else (),
         )
 
     def unit_quantum(self, unit: analysis_lib.Unit) -> int:
@@ -403,7 +492,8 @@ class SearchSpace:
         when a unit has fewer channels, or quanta, than the grid has steps)."""
         arch = self.decode(tokens)
         bounds = self.unit_bounds(arch)
-        return tuple(tuple(bounds[u]) for u in sorted(bounds)) + (arch.concat_positions,)
+        return tuple(tuple(bounds[u]) for u in sorted(bounds)) + (
+            arch.concat_positions, arch.skips)
 
     def default_arch(self) -> Arch:
         """Evenly growing stages (stage s sees about s/S of every group), every later stage
@@ -414,6 +504,7 @@ class SearchSpace:
             value = max(1, min(self.grid, round(stage * self.grid / s)))
             tokens += [value - 1] * g
         tokens += [0] * (s - 1)
+        tokens += [0] * (self.num_tokens - len(tokens))  # no block skipped
         return self.decode(tokens)
 
     def sample(self, seed: int) -> Arch:
@@ -425,24 +516,38 @@ class SearchSpace:
         picks = [sequences[i] for i in rng.integers(len(sequences), size=self.num_groups)]
         tokens = [picks[j][r] for r in range(self.num_stages - 1) for j in range(self.num_groups)]
         tokens += [int(v) for v in rng.integers(self.num_groups, size=self.num_stages - 1)]
+        if self.block_skipping:  # drawn after the rest: a seed's widths stay the same
+            rows = []
+            for n in self.skippable:
+                runs = list(
+                    itertools.combinations_with_replacement(range(n + 1), self.num_stages - 1)
+                )
+                rows.append(runs[int(rng.integers(len(runs)))][::-1])  # non-increasing
+            tokens += [rows[j][r] for r in range(self.num_stages - 1)
+                       for j in range(self.num_groups)]
         return self.decode(tokens)
 
     def check_arch(self, arch: Arch) -> None:
         """Raises ValueError unless `arch` belongs to this space."""
         if not isinstance(arch, Arch):
             raise TypeError(f"Expected an Arch. Received: {type(arch).__name__}")
+        skipping = bool(arch.skips)
+        expected_rows = self.num_stages - 1 if self.block_skipping else 0
         if (arch.num_stages, arch.num_groups, arch.grid, arch.channel_multiple) != (
             self.num_stages,
             self.num_groups,
             self.grid,
             self.channel_multiple,
-        ):
+        ) or len(arch.skips) != expected_rows:
+            def skip_text(on):
+                return "with" if on else "without"
             raise ValueError(
                 f"The arch has {arch.num_stages} stages, {arch.num_groups} unit groups, grid "
-                f"{arch.grid} and channel multiple {arch.channel_multiple}; this model's space "
+                f"{arch.grid}, channel multiple {arch.channel_multiple}, "
+                f"{skip_text(skipping)} block skipping; this model's space "
                 f"has {self.num_stages} stages, {self.num_groups} unit groups "
-                f"({', '.join(self.group_labels)}), grid {self.grid} and channel multiple "
-                f"{self.channel_multiple}."
+                f"({', '.join(self.group_labels)}), grid {self.grid}, channel multiple "
+                f"{self.channel_multiple}, {skip_text(self.block_skipping)} block skipping."
             )
         self.decode(arch.tokens)
 
@@ -454,6 +559,9 @@ class SearchSpace:
             + (
                 f" (token lists; channel counts multiples of {self.channel_multiple})"
                 if self.channel_multiple > 1 else ""
+            ) + (
+                f"; block skipping over {sum(self.skippable)} identity blocks"
+                if self.block_skipping else ""
             ),
         ]
         for group in self.analysis.groups:
@@ -463,6 +571,8 @@ class SearchSpace:
                 f"  group {group.index} ({group.label}): {len(group.units)} units, "
                 f"channels {channels}"
                 + (f", in steps of {steps}" if steps != [1] else "")
+                + (f", {self.skippable[group.index]} identity block(s)"
+                   if self.block_skipping else "")
             )
         return "\n".join(lines)
 

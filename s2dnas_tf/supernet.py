@@ -396,15 +396,21 @@ class Supernet:
 
 
 def largest_arch(space: space_lib.SearchSpace) -> space_lib.Arch:
-    """Every stage sees all channels and reuses from the first group (the richest view)."""
+    """Every stage sees all channels, reuses from the first group and skips no block (the
+    richest view)."""
     fractions = [space.grid - 1] * ((space.num_stages - 1) * space.num_groups)
-    return space.decode(fractions + [0] * (space.num_stages - 1))
+    tokens = fractions + [0] * (space.num_stages - 1)
+    return space.decode(tokens + [0] * (space.num_tokens - len(tokens)))
 
 
 def smallest_arch(space: space_lib.SearchSpace) -> space_lib.Arch:
-    """Each stage adds the least it can and reuses only in the last group."""
+    """Each stage adds the least it can, reuses only in the last group and skips every
+    identity block it may."""
     fractions = [0] * ((space.num_stages - 1) * space.num_groups)
-    return space.decode(fractions + [space.num_groups - 1] * (space.num_stages - 1))
+    tokens = fractions + [space.num_groups - 1] * (space.num_stages - 1)
+    if space.block_skipping:
+        tokens += list(space.skippable) * (space.num_stages - 1)
+    return space.decode(tokens)
 
 
 class ArchSampler(keras.callbacks.Callback):

@@ -368,6 +368,27 @@ def test_token_log_prior_draws_every_architecture_alike(num_stages):
     assert _prior_probability(space, arch.tokens) == pytest.approx(1 / space.size, rel=1e-9)
 
 
+@pytest.mark.parametrize("num_stages", [2, 3, 4])
+def test_token_log_prior_with_block_skipping_draws_every_architecture_alike(num_stages):
+    """With depth tokens (non-increasing skips per group) too, the prior's left-to-right
+    sampler gives every architecture 1 / space.size, and a controller samples valid ones."""
+    from s2dnas_tf.models import build_model
+    from s2dnas_tf.space import SearchSpace
+
+    space = SearchSpace.from_model(build_model("resnet20", input_shape=(8, 8, 1)),
+                                   num_stages=num_stages, block_skipping=True)
+    assert space.skippable == (3, 2, 2)
+    prior = space.token_log_prior()
+    assert [len(p) for p in prior] == space.token_choices()
+    for seed in range(5):
+        tokens = space.sample(seed).tokens
+        assert _prior_probability(space, tokens) == pytest.approx(1 / space.size, rel=1e-9)
+    controller = Controller(space.token_kinds(), space.token_choices(),
+                            ControllerConfig(seed=0), prior)
+    for _ in range(8):
+        space.decode(controller.sample(space.valid_choices)[0])
+
+
 def test_controller_with_the_prior_starts_near_random_search():
     """With the space's prior the untrained controller gives thin first stages the weight
     the space gives them (random search's); uniform tokens give them far less."""

@@ -175,6 +175,36 @@ def test_train_dynamic_end_to_end_tiny(tmp_path):
     assert len(net.outputs) == 2
 
 
+def test_train_dynamic_with_a_stage_skipping_a_block(tmp_path):
+    """--block_skipping: the tokens end with the skips; stage 1 skips ResNet-8's identity
+    block, trains, calibrates and exports; the SavedModel answers as the Keras net."""
+    import tensorflow as tf
+
+    helpers.save_tiny_digits_base(tmp_path / "base.keras")
+    run_dir = tmp_path / "dynamic"
+    result = _run("train_dynamic.py", f"--base_model={tmp_path / 'base.keras'}",
+                  "--num_stages=2", "--block_skipping", "--tokens=3,3,3,0,1,0,0",
+                  "--epochs=1", "--steps_per_epoch=2", "--batch_size=32",
+                  f"--output_dir={run_dir}", "--verbose=0", "--flops_budget=0.5")
+    assert result.returncode == 0, result.stderr[-3000:]
+    arch = json.loads((run_dir / "arch.json").read_text())
+    assert arch["skips"] == [[1, 0, 0]] and "skips the last 1 block(s)" in arch["readable"]
+    net = keras.saving.load_model(run_dir / "multistage.keras")
+    names = [layer.name for layer in net.layers]
+    assert "stage2_resnet8_stage1_block1_conv1" in names
+    assert "stage1_resnet8_stage1_block1_conv1" not in names
+    (saved,) = (run_dir / "saved_model").rglob("saved_model.pb")
+    loaded = tf.saved_model.load(str(saved.parent))
+    x = helpers.images(net, n=6, scale=16.0)
+    logits = [np.asarray(o) for o in net(x)]
+    out = loaded.signatures["serving_with_thresholds"](
+        images=tf.constant(x), thresholds=tf.constant([2.0]))  # nothing exits early
+    np.testing.assert_allclose(out["logits"].numpy(), logits[1], atol=1e-4)
+    out = loaded.signatures["serving_with_thresholds"](
+        images=tf.constant(x), thresholds=tf.constant([0.0]))  # everything exits at 1
+    np.testing.assert_allclose(out["logits"].numpy(), logits[0], atol=1e-4)
+
+
 @pytest.mark.parametrize("runtime", ["tflite", "saved_model"])
 def test_train_dynamic_calibrates_for_a_time_budget(tmp_path, monkeypatch, runtime):
     """--cost=tflite|saved_model --latency_budget: the thresholds meet a budget of predicted

@@ -40,20 +40,28 @@ NAMES = [
 
 
 def _archs(space, count=4):
-    """The default arch, the extremes and sampled ones."""
+    """The default arch, the extremes and sampled ones (with block skipping: the thinnest
+    skips every identity block it may, the widest none)."""
     archs = [space.default_arch()]
     groups, stages = space.num_groups, space.num_stages
-    thinnest = [0] * ((stages - 1) * groups) + [0] * (stages - 1)
-    widest_reuse = [space.grid - 1] * ((stages - 1) * groups) + [0] * (stages - 1)
+    skip_all = list(space.skippable) * (stages - 1) if space.block_skipping else []
+    thinnest = [0] * ((stages - 1) * groups) + [0] * (stages - 1) + skip_all
+    widest_reuse = [space.grid - 1] * ((stages - 1) * groups) + [0] * (stages - 1) + [
+        0] * len(skip_all)
     archs += [space.decode(thinnest), space.decode(widest_reuse)]
     archs += [space.sample(seed) for seed in range(count)]
     return archs
 
 
+# Block skipping (stages skip identity blocks) on the models that have identity blocks.
+SKIPPING = [False, True]
+
+
+@pytest.mark.parametrize("skipping", SKIPPING)
 @pytest.mark.parametrize("name", NAMES)
-def test_plan_agrees_with_the_built_pieces(name):
+def test_plan_agrees_with_the_built_pieces(name, skipping):
     """`rewriter.plan` (no Keras layers) gives the channels `transform` builds, everywhere."""
-    space = s2d.SearchSpace.from_model(MODELS[name], num_stages=3)
+    space = s2d.SearchSpace.from_model(MODELS[name], num_stages=3, block_skipping=skipping)
     graph = space.analysis.graph
     for arch in _archs(space, count=2):
         builder = rewriter._Builder(space, arch)
@@ -73,12 +81,13 @@ def test_plan_agrees_with_the_built_pieces(name):
                     np.testing.assert_array_equal(piece.idx, idx, err_msg=f"{key} {stage}")
 
 
+@pytest.mark.parametrize("skipping", SKIPPING)
 @pytest.mark.parametrize("name", NAMES)
-def test_every_view_is_the_transformed_network(name):
+def test_every_view_is_the_transformed_network(name, skipping):
     """set_arch(arch) + model(x) == transform(to_static(), arch)(x), inference and training
     mode, for several archs of one supernet (no rebuild between them)."""
     model = helpers.randomize_normalization_stats(MODELS[name])
-    space = s2d.SearchSpace.from_model(model, num_stages=3)
+    space = s2d.SearchSpace.from_model(model, num_stages=3, block_skipping=skipping)
     supernet = Supernet(model, space)
     x = helpers.images(model, n=8, scale=255.0 if name == "every_layer" else 1.0)
     # Training mode (BatchNorm on batch statistics) where no dropout makes it random.
@@ -176,9 +185,10 @@ def test_to_static_leaves_the_original_alone():
     )
 
 
+@pytest.mark.parametrize("skipping", SKIPPING)
 @pytest.mark.parametrize("name", NAMES)
-def test_plan_stage_flops_equal_the_built_networks(name):
-    space = s2d.SearchSpace.from_model(MODELS[name], num_stages=3)
+def test_plan_stage_flops_equal_the_built_networks(name, skipping):
+    space = s2d.SearchSpace.from_model(MODELS[name], num_stages=3, block_skipping=skipping)
     for arch in _archs(space, count=2):
         expected = s2d.stage_flops(s2d.transform(MODELS[name], arch))
         assert rewriter.plan(space, arch).stage_flops() == expected, arch.tokens

@@ -287,6 +287,122 @@ def test_channel_multiple_in_arch_json_and_space_checks(resnet20):
         s2d.Arch.from_dict({**data, "channel_multiple": 0})
 
 
+# --- depth: stages skipping identity blocks ------------------------------------------------
+
+
+def test_identity_blocks_are_found_where_the_shortcut_is_the_identity(resnet20):
+    """ResNet-20: every block but the first of groups 2 and 3 (1x1-conv shortcuts);
+    MobileNetV2: the stride-1 blocks whose channels stay; none in a plain CNN."""
+    analysis = s2d.SearchSpace.from_model(resnet20, block_skipping=True).analysis
+    names = [analysis.graph.nodes[b.add].name for b in analysis.identity_blocks]
+    assert names == ["stage1_block1_add", "stage1_block2_add", "stage1_block3_add",
+                     "stage2_block2_add", "stage2_block3_add", "stage3_block2_add",
+                     "stage3_block3_add"]
+    block = analysis.identity_blocks[3]
+    branch = {analysis.graph.nodes[i].name for i in block.nodes}
+    assert branch == {f"stage2_block2_{n}" for n in ("conv1", "bn1", "relu1", "conv2", "bn2")}
+    mobilenet = build_model("mobilenetv2_cifar", input_shape=(16, 16, 3), width_multiplier=0.35)
+    assert s2d.SearchSpace.from_model(mobilenet, block_skipping=True).skippable == (2, 2, 5, 2)
+    vgg = build_model("vgg16_bn", width_multiplier=0.125)
+    assert s2d.SearchSpace.from_model(vgg, block_skipping=True).skippable == (0,) * 5
+
+
+def test_a_branch_reading_another_tensor_is_not_an_identity_block():
+    """add(x, f(x, z)): skipping f would lose z's contribution, so it is not skippable."""
+    inputs = keras.Input((8, 8, 3))
+    z = keras.layers.Conv2D(4, 3, padding="same", name="z")(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", name="x")(z)
+    f = keras.layers.Conv2D(4, 3, padding="same", name="f")(x)
+    f = keras.layers.Add(name="mix")([f, z])
+    y = keras.layers.Add(name="join")([x, f])
+    g = keras.layers.Conv2D(4, 3, padding="same", name="g")(y)
+    y = keras.layers.Add(name="ok")([y, g])
+    head = keras.layers.Dense(3)(keras.layers.GlobalAveragePooling2D()(y))
+    analysis = s2d.SearchSpace.from_model(keras.Model(inputs, head)).analysis
+    names = [analysis.graph.nodes[b.add].name for b in analysis.identity_blocks]
+    assert names == ["ok"]
+
+
+def test_block_skipping_space_of_resnet20(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3, block_skipping=True)
+    assert space.skippable == (3, 2, 2)
+    assert space.num_tokens == 14
+    assert space.token_kinds() == ["fraction"] * 6 + ["concat"] * 2 + ["depth"] * 6
+    assert space.token_choices()[8:] == [4, 3, 3, 4, 3, 3]
+    # Non-increasing skip pairs per group: 10, 6, 6 of them.
+    assert space.size == 419_904 * 10 * 6 * 6
+    assert "block skipping over 7 identity blocks" in space.describe()
+    assert space.default_arch().skips == ((0, 0, 0), (0, 0, 0))
+    plain = s2d.SearchSpace.from_model(resnet20, num_stages=3)
+    for seed in range(10):  # the same seed draws the same widths with or without depth
+        assert space.sample(seed).tokens[:8] == plain.sample(seed).tokens
+    assert len({space.sample(seed).skips for seed in range(20)}) > 10
+    with pytest.raises(ValueError, match="no more identity blocks than stage 1"):
+        space.decode([0] * 8 + [1, 0, 0, 2, 0, 0])
+    with pytest.raises(ValueError, match=r"must be in \[0, 2\]"):
+        space.decode([0] * 8 + [0, 3, 0, 0, 0, 0])
+    assert space.valid_choices([0] * 8 + [2, 1, 0]) == [0, 1, 2]
+    assert space.valid_choices([0] * 8 + [2, 1, 0, 2]) == [0, 1]
+    with pytest.raises(TypeError, match="block_skipping must be a bool"):
+        s2d.SearchSpace.from_model(resnet20, block_skipping="yes")
+
+
+def test_arch_with_skips_round_trips_and_is_checked_against_the_space(resnet20):
+    space = s2d.SearchSpace.from_model(resnet20, num_stages=3, block_skipping=True)
+    plain = s2d.SearchSpace.from_model(resnet20, num_stages=3)
+    arch = space.decode([2, 2, 2, 5, 5, 5, 0, 1, 3, 2, 1, 1, 1, 0])
+    assert arch.skips == ((3, 2, 1), (1, 1, 0))
+    assert arch.skipped_blocks(1, 0) == 3 and arch.skipped_blocks(3, 0) == 0
+    assert s2d.Arch.from_json(arch.to_json()) == arch
+    assert "skips the last 3 block(s) of 32x32" in str(arch)
+    data = json.loads(arch.to_json())
+    del data["skips"]  # an arch.json written before block skipping existed
+    assert s2d.Arch.from_dict(data).skips == ()
+    with pytest.raises(ValueError, match="with block skipping"):
+        plain.check_arch(arch)
+    with pytest.raises(ValueError, match="without block skipping"):
+        space.check_arch(plain.default_arch())
+    assert space.network_key(arch.tokens) != space.network_key(arch.tokens[:8] + [0] * 6)
+
+
+def _zero_branch_ends(model, names):
+    """A copy of `model` whose BatchNormalizations `names` output zeros (gamma = beta = 0):
+    those blocks add nothing to their shortcut."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for name in names:
+        layer = copy.get_layer(name)
+        gamma, beta, mean, var = layer.get_weights()
+        layer.set_weights([0 * gamma, 0 * beta, mean, var])
+    return copy
+
+
+def test_a_skipped_block_passes_its_input_through(resnet20):
+    """Stages 1 and 2 skipping blocks compute what the plain transformed network computes
+    when those blocks' branches output zeros; stage 3, which skips none, differs. The
+    skipped stages have fewer layers and FLOPs."""
+    model = helpers.randomize_normalization_stats(resnet20)
+    space = s2d.SearchSpace.from_model(model, num_stages=3, block_skipping=True)
+    plain = s2d.SearchSpace.from_model(model, num_stages=3)
+    widths = [2, 3, 1, 4, 5, 3, 1, 0]
+    skipping = space.decode(widths + [2, 1, 2, 2, 1, 2])
+    zeroed = _zero_branch_ends(model, [
+        "stage1_block2_bn2", "stage1_block3_bn2", "stage2_block3_bn2", "stage3_block2_bn2",
+        "stage3_block3_bn2"])
+    x = helpers.images(model, n=4, scale=255.0)
+    got = s2d.transform(model, skipping)(x)
+    want = s2d.transform(zeroed, plain.decode(widths))(x)
+    for stage in (0, 1):
+        scale = max(1.0, float(np.abs(want[stage]).max()))
+        np.testing.assert_allclose(got[stage], want[stage], atol=1e-5 * scale, rtol=0)
+    assert not np.allclose(got[2], want[2], atol=1e-3)
+    net, full = s2d.transform(model, skipping), s2d.transform(model, plain.decode(widths))
+    convs = _stage_conv_widths(net)
+    assert len(convs[1]) == len(_stage_conv_widths(full)[1]) - 10  # 5 blocks of 2 convs
+    assert s2d.stage_flops(net)[0] < s2d.stage_flops(full)[0]
+    assert s2d.stage_flops(net)[2] < s2d.stage_flops(full)[2]
+
+
 def test_idle_stages_repeat_an_earlier_exit(resnet20):
     space = s2d.SearchSpace.from_model(resnet20, num_stages=3, channel_multiple=8)
     # Stage 2 already sees 64 of the 64 channels the classifier reads: stage 3 adds none.
