@@ -10,6 +10,11 @@
    candidates, seconds and the reward of every candidate in order; the RL controller's
    entropy per update; the plot of the best reward so far against candidates.
 
+With `--block_skipping` the supernet is that of the space with depth decisions (stages may
+skip identity blocks), and a searcher named `<searcher>_noskip` (e.g. `random_noskip`) searches
+the same space restricted to architectures that skip nothing (S2DNAS's width-only space),
+scored by the same supernet: what the depth decision adds, with the scorer held fixed.
+
 With `--cost=tflite --latency_budget=F` (or saved_model) the reward is the validation accuracy
 at an average predicted time of F times the static model's (s2dnas_tf.cost), not at
 --flops_budget; the supernet is the same, so its directory can be shared with a FLOPs run.
@@ -30,14 +35,17 @@ from absl import flags
 
 FLAGS = flags.FLAGS
 cli_common.define_flags(*cli_common.DATA_FLAGS, "batch_size", "seed", "verbose", "strategy",
-                        "logical_cpus", "num_stages", "channel_multiple", "flops_budget",
+                        "logical_cpus", "num_stages", "channel_multiple", "block_skipping",
+                        "flops_budget",
                         "supernet_epochs", "supernet_learning_rate", "search_batch_size",
                         "cost", "latency_budget", "output_dir")
 cli_common.register_budget_validator()
 flags.DEFINE_string("base_model", "experiments/checkpoints/cifar10_resnet20.keras",
                     "The trained static model (.keras).")
 flags.DEFINE_integer("num_candidates", 300, "Distinct networks per search.")
-flags.DEFINE_list("searchers", ["rl", "random"], "Searchers to compare.")
+flags.DEFINE_list("searchers", ["rl", "random"],
+                  "Searchers to compare: rl, random; with --block_skipping also rl_noskip and "
+                  "random_noskip (the same searcher over the architectures that skip no block).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds of each searcher.")
 flags.DEFINE_integer("bn_images", 512, "Training images per candidate's BatchNorm statistics.")
 flags.DEFINE_string("results_dir", "experiments/results", "Where the results go.")
@@ -55,13 +63,17 @@ def main(argv):
 
     try:
         seeds = [int(s) for s in FLAGS.seeds]
-        unknown = sorted(set(FLAGS.searchers) - {"rl", "random"})
+        known = {"rl", "random"} | (
+            {"rl_noskip", "random_noskip"} if FLAGS.block_skipping else set())
+        unknown = sorted(set(FLAGS.searchers) - known)
         if unknown:
-            raise ValueError(f"--searchers takes rl and random. Received: {unknown}")
+            raise ValueError(f"--searchers takes {', '.join(sorted(known))} (the _noskip ones "
+                             f"with --block_skipping). Received: {unknown}")
         base = keras.saving.load_model(FLAGS.base_model)
         splits = data.load_dataset_for(cli_common.data_config(FLAGS.flag_values_dict()), base)
         space = s2d.SearchSpace.from_model(
-            base, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple
+            base, num_stages=FLAGS.num_stages, channel_multiple=FLAGS.channel_multiple,
+            block_skipping=FLAGS.block_skipping,
         )
     except (ValueError, OSError) as e:
         return cli_common.usage_error(str(e))
@@ -94,13 +106,22 @@ def main(argv):
     results = {"searchers": {name: [] for name in FLAGS.searchers},
                "reward": {"cost": cost, "budget": budget},
                "supernet_seconds_this_call": supernet_seconds}
+    plain = s2d.SearchSpace(space.analysis, space.num_stages, space.grid,
+                            space.channel_multiple)
+    depth = space.num_tokens - plain.num_tokens
+
+    def skipping_nothing(arch):
+        return evaluator(space.decode(arch.tokens + [0] * depth))
+
     for seed in seeds:
         for name in FLAGS.searchers:
             run_dir = os.path.join(out, f"{name}_seed{seed}")
+            noskip = name.endswith("_noskip")
             summary = search.run_search(
-                space,
-                evaluator,
-                search.SearchConfig(searcher=name, num_candidates=FLAGS.num_candidates,
+                plain if noskip else space,
+                skipping_nothing if noskip else evaluator,
+                search.SearchConfig(searcher=name.split("_")[0],
+                                    num_candidates=FLAGS.num_candidates,
                                     batch_size=FLAGS.search_batch_size, seed=seed),
                 run_dir,
                 log=lambda message: None,

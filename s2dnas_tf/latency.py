@@ -225,7 +225,7 @@ def time_saved_model_batches(
 ) -> dict[str, dict[str, Any]]:
     """Times SavedModels' `serving_default` on whole batches of `batch_size` images of `x`
     (the images past the last whole batch are left out), the models in turns
-    (`time_interleaved`, one batch per call): a server's time per image.
+    (`time_interleaved`, one batch per call and per turn): a server's time per image.
 
     Args:
         models: {name: SavedModel directory of `export`}.
@@ -250,7 +250,9 @@ def time_saved_model_batches(
     batches = [np.asarray(x[i : i + batch_size], np.float32) for i in range(0, count, batch_size)]
     calls = {name: _saved_model_call(path, export.SERVING_DEFAULT)
              for name, path in models.items()}
-    timed = time_interleaved(calls, batches, warmup)
+    # One batch per turn: a batch takes long enough that rotating after each one spreads a
+    # disturbance of the machine over every model.
+    timed = time_interleaved(calls, batches, warmup, chunk=1)
     result = {}
     for name, (_, outs, ms) in timed.items():
         per_image = ms / batch_size

@@ -1,5 +1,6 @@
 """The experiments/ command-line contract: exit code 2 and one clear line on bad input."""
 
+import json
 import os
 import pathlib
 import subprocess
@@ -140,3 +141,26 @@ def test_bad_streamed_data_exits_2_naming_the_file_and_writes_nothing(tmp_path, 
         else:
             assert "Cannot decode image" in last and str(root / "test/b/0001.png") in last
         assert not out.exists()
+
+
+def test_search_comparison_with_block_skipping_and_a_noskip_searcher(tmp_path):
+    """search_comparison.py --block_skipping: one supernet of the space with depth, random
+    search over it and over the architectures that skip nothing, each scored by it."""
+    from tests import helpers
+
+    helpers.save_tiny_digits_base(tmp_path / "base.keras")
+    result = run_script(
+        "search_comparison.py", "--dataset=digits", f"--base_model={tmp_path / 'base.keras'}",
+        "--num_stages=2", "--block_skipping", "--supernet_epochs=1", "--batch_size=64",
+        "--num_candidates=3", "--search_batch_size=1", "--searchers=random,random_noskip",
+        "--seeds=0", "--bn_images=64", f"--output_dir={tmp_path / 'run'}",
+        f"--results_dir={tmp_path / 'results'}", "--results_name=cmp", "--verbose=0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "results" / "cmp.json").read_text())
+    skipping, plain = data["searchers"]["random"][0], data["searchers"]["random_noskip"][0]
+    assert skipping["candidates"] == plain["candidates"] == 3
+    assert len(skipping["best_tokens"]) == 7 and len(plain["best_tokens"]) == 4
+    refused = run_script("search_comparison.py", "--dataset=digits",
+                         f"--base_model={tmp_path / 'base.keras'}", "--searchers=random_noskip",
+                         f"--output_dir={tmp_path / 'other'}")
+    assert refused.returncode == 2 and "with --block_skipping" in refused.stderr
