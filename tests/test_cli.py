@@ -44,6 +44,19 @@ def test_describe_with_a_channel_multiple():
     assert "stage 1: 8/8  8/8  8/8" in result.stdout
 
 
+def test_describe_with_block_skipping():
+    result = run_script(
+        "describe.py", "--model=resnet20", "--block_skipping",
+        "--tokens=2,2,2,4,4,4,0,0,3,2,2,1,0,0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "block skipping over 7 identity blocks" in result.stdout
+    assert "skips the last 3 block(s) of 32x32, 2 block(s) of 16x16" in result.stdout
+    refused = run_script("describe.py", "--model=resnet20", "--block_skipping",
+                         "--tokens=2,2,2,4,4,4,0,0,0,0,0,1,0,0")
+    assert refused.returncode == 2 and "no more identity blocks" in refused.stderr
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [
