@@ -25,6 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+import export_cache  # noqa: E402
+
 flags.DEFINE_string("work_dir", None, "Where the exported models go (reused by a rerun).")
 flags.DEFINE_string("results_dir", "experiments/results", "Where the json/md go.")
 flags.DEFINE_multi_string(
@@ -51,18 +53,7 @@ KINDS = ("tflite", "saved_model_b1", "saved_model_b64")
 
 def _export(name, build, thresholds=None):
     """(SavedModel dir, .tflite path) of `build()`, exported once into the work dir."""
-    from s2dnas_tf import export
-
-    saved = os.path.join(FLAGS.work_dir, name, "1")
-    tflite = os.path.join(FLAGS.work_dir, f"{name}.tflite")
-    if not (os.path.exists(saved) and os.path.exists(tflite)):
-        model = build()
-        if thresholds is None:
-            export.export_static(model, FLAGS.work_dir, name, overwrite=True)
-        else:
-            export.export_saved_model(model, thresholds, FLAGS.work_dir, name, overwrite=True)
-        export.convert_to_tflite(saved, tflite)
-    return saved, tflite
+    return export_cache.exported(FLAGS.work_dir, name, build, thresholds)
 
 
 def _front(points):
