@@ -20,7 +20,10 @@ With `--start_from=supernet` each architecture is trained the way `search.py
 statistics recalibrated for the architecture), not the static model's. The supernet
 (`--supernet_epochs`, `--supernet_learning_rate`, `--bn_images`, as search_comparison.py
 trains it) is trained once in `<output_dir>/supernet/` (or loaded from there), and every
-architecture's `supernet_score` is its reward scored from that supernet. Instead of
+architecture's `supernet_score` is its reward scored from that supernet, in the run's space
+(`--block_skipping`: the space with depth decisions) and cost (`--cost=tflite
+--latency_budget=F`: accuracy at a predicted time budget, as search_comparison.py scores
+with those flags). Instead of
 `--search_dir`, `--archs=FILE` takes the architectures of an earlier ranking (a
 `trained_archs.json`, or search_comparison.py's results JSON and its `ranking.archs`), all
 of them.
@@ -217,7 +220,8 @@ def _supernet_evaluator(config, out: str):
     base = keras.saving.load_model(config.base_model)
     splits = data.load_dataset_for(config.data, base)
     space = s2d.SearchSpace.from_model(base, num_stages=config.num_stages,
-                                       channel_multiple=config.channel_multiple)
+                                       channel_multiple=config.channel_multiple,
+                                       block_skipping=config.block_skipping)
     evaluator = evaluators.SupernetEvaluator(
         config.base_model,
         splits,
@@ -229,7 +233,7 @@ def _supernet_evaluator(config, out: str):
             distill_weight=config.train.distill_weight,
             distill_temperature=config.train.distill_temperature,
         ),
-        search.RewardConfig(kind="budget", flops_budget=config.flops_budget),
+        search.RewardConfig(kind="budget", flops_budget=config.flops_budget, cost=config.cost),
         space=space,
         bn_images=FLAGS.bn_images,
     )

@@ -101,6 +101,7 @@ def test_bad_architecture_sources_exit_2(tmp_path, args, expected):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # an experiments script's whole run: over 2 minutes on a slow machine
 def test_trains_the_spread_and_writes_the_ranking(tmp_path):
     base = helpers.save_tiny_digits_base(tmp_path / "base.keras")
     space = SearchSpace.from_model(base, num_stages=2)
@@ -145,17 +146,23 @@ def test_trains_the_spread_and_writes_the_ranking(tmp_path):
     assert json.loads((out / "trained_archs.json").read_text()) == trained
     # The same architectures (--archs) trained from a supernet's weights: the supernet is
     # trained once into the output directory, scores every architecture again, and each
-    # training starts from its view.
+    # training starts from its view. In the space with depth (--block_skipping): the first
+    # one's stage 1 also skips ResNet-8's identity block.
     from_supernet = tmp_path / "from_supernet"
+    with_skips = [dict(t, tokens=t["tokens"] + [skip, 0, 0])
+                  for t, skip in zip(trained, (1, 0))]
+    (tmp_path / "with_skips.json").write_text(json.dumps(with_skips))
     result = _run(f"--base_model={tmp_path / 'base.keras'}",
-                  f"--archs={out / 'trained_archs.json'}",
+                  f"--archs={tmp_path / 'with_skips.json'}", "--block_skipping",
                   f"--output_dir={from_supernet}", "--start_from=supernet", "--num_stages=2",
                   "--supernet_epochs=1", "--bn_images=64", "--epochs=1", "--steps_per_epoch=2",
                   "--batch_size=32", "--verbose=0", *results)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (from_supernet / "supernet" / "supernet.keras").is_file()
     rescored = json.loads((from_supernet / "trained_archs.json").read_text())
-    assert [t["tokens"] for t in rescored] == [t["tokens"] for t in trained]
+    assert [t["tokens"] for t in rescored] == [t["tokens"] for t in with_skips]
+    assert json.loads((from_supernet / "arch0" / "arch.json").read_text())["skips"] == [
+        [1, 0, 0]]
     assert all(np.isfinite(t["supernet_score"]) for t in rescored)
     assert [t["supernet_score"] for t in rescored] != [t["supernet_score"] for t in trained]
     # Written into the search results as well, beside the ranking from the static weights.
