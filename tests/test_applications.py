@@ -101,8 +101,16 @@ def check_three_stages(model, x, num_stages=3):
     return space, net
 
 
+# The default run builds these five (plain, residual, depthwise, SE gates with Rescaling,
+# Flatten + Dense head); the other ten, whose rules tiny hand-built models check in the
+# default run, are the extended tier (four minutes on a slow 2-core machine).
+DEFAULT_RUN_FAMILIES = {"VGG16", "ResNet50", "MobileNet", "MobileNetV2", "EfficientNetB0"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", [
+    name if name in DEFAULT_RUN_FAMILIES else pytest.param(name, marks=pytest.mark.extended)
+    for name in FAMILIES])
 def test_family(name):
     size = FAMILIES[name]
     keras.utils.set_random_seed(0)
@@ -167,6 +175,7 @@ EXPORTED = {"ConvNeXt": _small_convnext}
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # a minute; the export's parity is checked on ResNets in the default run
 @pytest.mark.parametrize("name", list(EXPORTED))
 def test_family_exports(name, tmp_path):
     keras.utils.set_random_seed(0)

@@ -253,6 +253,7 @@ DIGITS = [
 
 
 @pytest.mark.slow  # whole benchmark runs on digits, minutes each
+@pytest.mark.extended  # 8.5 min on a slow 2-core machine, a third of the default run's time
 def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
     """Every method on digits, the dynamic ones from static_ft's weights
     (--dynamic_from=static_ft: static_ft runs first and its static.keras, which computes
@@ -388,6 +389,7 @@ def test_benchmark_end_to_end_on_digits_and_resumed(tmp_path):
 
 
 @pytest.mark.slow  # a static model trained on digits, two models measured
+@pytest.mark.extended
 def test_a_thin_checkpoint_of_this_recipe_is_used_instead_of_training(tmp_path):
     """--thin_checkpoints: thin_static takes the checkpoint whose sidecar says it was trained
     on this run's data with the static model's recipe at --thin_width, and is measured as

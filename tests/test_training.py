@@ -264,6 +264,7 @@ def test_class_count_mismatch_is_refused(tmp_path, digits):
 
 
 @pytest.mark.slow
+@pytest.mark.extended  # test_mirrored_over_two_logical_cpus_matches_the_default_strategy runs by default
 def test_train_base_mirrored_over_two_logical_cpus(tmp_path, digits):
     """The command line's --strategy=mirrored --logical_cpus=2 reaches training (2 replicas)
     and trains: the loss falls and the saved model gives the reported test accuracy.
@@ -392,6 +393,7 @@ def _free_ports(n):
 
 
 @pytest.mark.slow  # two processes and a collective set-up: about a minute whatever the size
+@pytest.mark.extended
 def test_multi_worker_on_localhost(tmp_path):
     """Two workers on localhost ports, MultiWorkerMirroredStrategy: both train in lockstep,
     so they end with the same weights and the same test accuracy."""

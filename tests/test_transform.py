@@ -12,11 +12,12 @@ from s2dnas_tf import rewriter
 from s2dnas_tf.models import build_model
 from tests import helpers
 
-# The full-size ResNet-56 and VGG16-BN take a minute each: slow tier.
+# The full-size ResNet-56 and VGG16-BN repeat ResNet-20's and the every-layer model's
+# checks at full size: extended tier.
 ZOO = [
     "resnet20",
-    pytest.param("resnet56", marks=pytest.mark.slow),
-    pytest.param("vgg16_bn", marks=pytest.mark.slow),
+    pytest.param("resnet56", marks=[pytest.mark.slow, pytest.mark.extended]),
+    pytest.param("vgg16_bn", marks=[pytest.mark.slow, pytest.mark.extended]),
     "mobilenetv2_cifar",
 ]
 
