@@ -28,9 +28,10 @@ def shared_data() -> pathlib.Path:
 
 
 # The extended tier: checks that repeat what a default-run test checks, at full size or over
-# more model families or methods. Together they took as long as the rest of the suite on a
-# slower 2-core machine, so the default run (README's test command) skips them; run them
-# before a change to the rewriter's rules or the benchmark lands:
+# more model families or methods. They took 20 of the suite's 48 test-minutes on a slower
+# 2-core machine, so the default run (README's test command) skips them; run them before a
+# change to the rewriter's rules, the supernet, the training strategies or the experiments'
+# benchmark and ranking scripts lands (WORKSPACE.md, "Tests"):
 # `python -m pytest -n 2 --extended` runs every tier.
 def pytest_addoption(parser):
     parser.addoption("--extended", action="store_true", default=False,
