@@ -8,8 +8,9 @@ the cost's unit; `static_cost(model, cost)` the static model's.
 
 - `"flops"`: `rewriter.stage_flops` (the package's FLOPs: multiply-accumulates, docs/design.md §4).
 - `"tflite"`: each layer of the BatchNorm-folded net (`export.fold_batchnorm`, as the export
-  deploys it) is timed alone: a one-layer Keras model of its configuration and input shapes,
-  converted to TFLite (built-in ops, XNNPACK) and invoked `repeats` times on one image, median
+  deploys it; read off the unfolded net: a BatchNormalization that folds costs nothing, its
+  convolution is timed with a bias) is timed alone: a one-layer Keras model of its
+  configuration and input shapes, converted to TFLite (built-in ops, XNNPACK) and invoked `repeats` times on one image, median
   wall time, minus the time of invoking an empty model (`OpTimeTable.invoke_ms`, counted once
   per path). Layers the converter fuses into the layer before them cost nothing (a ReLU or
   ReLU6 after a convolution, dense layer or addition that nothing else reads), and so do
@@ -35,6 +36,7 @@ architectures), never an assertion of a test.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -51,7 +53,7 @@ from tensorflow.python.framework.convert_to_constants import (  # no public equi
 
 from s2dnas_tf import conventions, fileio, rewriter
 from s2dnas_tf import graph as graph_lib
-from s2dnas_tf.export.folding import fold_batchnorm
+from s2dnas_tf.export.folding import batchnorm_folds
 from s2dnas_tf.flops import count_flops
 
 __all__ = ["COSTS", "TIME_COSTS", "OpTimeTable", "exit_path_costs", "op_signature",
@@ -92,12 +94,13 @@ def _is_relu(layer) -> bool:
     return False
 
 
-def op_signature(layer, input_shapes: Sequence[Sequence[int]]) -> str:
+def op_signature(layer, input_shapes: Sequence[Sequence[int]], **overrides) -> str:
     """The lookup key of `layer` called on inputs of `input_shapes` (batch axis excluded):
-    its class and configuration (names, initialisers, regularisers and constraints left out)
-    and the shapes, as canonical JSON."""
+    its class and configuration (names, initialisers, regularisers and constraints left out;
+    `overrides` replace entries, e.g. `use_bias=True` for a convolution a BatchNormalization
+    folds into) and the shapes, as canonical JSON."""
     config = {
-        k: v for k, v in layer.get_config().items()
+        k: v for k, v in {**layer.get_config(), **overrides}.items()
         if k not in _CONFIG_SKIP and not k.endswith(_CONFIG_SKIP_SUFFIXES)
     }
     return json.dumps(
@@ -170,15 +173,20 @@ class OpTimeTable:
                                   os.path.join(os.path.expanduser("~"), ".cache", "s2dnas_tf"))
             path = os.path.join(root, f"{runtime}_ops_{tag}.json")
         self.path = path
-        self.ops: dict[str, float] = {}
+        self.ops: dict[str, float] = self._stored()
         self.measured = 0  # ops measured by this table (not read from the cache)
-        if os.path.isfile(path):
-            with open(path) as f:
-                stored = json.load(f)
-            if (stored.get("threads") == threads
-                    and stored.get("runtime", "tflite") == runtime):
-                self.ops = {k: float(v) for k, v in stored.get("ops", {}).items()}
         self._invoke_ms = self.ops.get("__invoke__")
+
+    def _stored(self) -> dict[str, float]:
+        """The cache file's op times for this table's runtime and threads ({} if none)."""
+        if not os.path.isfile(self.path):
+            return {}
+        with open(self.path) as f:
+            stored = json.load(f)
+        if (stored.get("threads") != self.threads
+                or stored.get("runtime", "tflite") != self.runtime):
+            return {}
+        return {k: float(v) for k, v in stored.get("ops", {}).items()}
 
     @property
     def invoke_ms(self) -> float:
@@ -189,13 +197,14 @@ class OpTimeTable:
             self.ops["__invoke__"] = self._invoke_ms
         return self._invoke_ms
 
-    def op_ms(self, layer, input_shapes: Sequence[Sequence[int]]) -> float:
+    def op_ms(self, layer, input_shapes: Sequence[Sequence[int]], **overrides) -> float:
         """`layer`'s own time on inputs of `input_shapes` (no batch axis), in ms: measured
-        once (a fresh layer of its configuration, random weights), then looked up."""
-        key = op_signature(layer, input_shapes)
+        once (a fresh layer of its configuration with `overrides`, random weights), then
+        looked up."""
+        key = op_signature(layer, input_shapes, **overrides)
         if key not in self.ops:
             inputs = [keras.Input(tuple(s)) for s in input_shapes]
-            fresh = type(layer).from_config(layer.get_config())
+            fresh = type(layer).from_config({**layer.get_config(), **overrides})
             outputs = fresh(inputs if len(inputs) > 1 else inputs[0])
             total = self._time(keras.Model(inputs, outputs))
             # Floored just above 0: every op costs something, so exit paths stay increasing.
@@ -204,10 +213,21 @@ class OpTimeTable:
         return self.ops[key]
 
     def save(self) -> None:
-        """Writes the cache (atomically); a no-op when nothing new was measured."""
-        fileio.write_json(self.path, {"machine": self.machine, "tensorflow": tf.__version__,
-                                      "runtime": self.runtime, "threads": self.threads,
-                                      "ops": self.ops})
+        """Writes the cache (atomically), merged with what other processes saved to it
+        since this table read it: searches run side by side share one file, and an op both
+        measured keeps the time saved first, so every later reader predicts the same."""
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # read, merge and write as one step
+            try:
+                self.ops.update(self._stored())
+                fileio.write_json(self.path, {"machine": self.machine,
+                                              "tensorflow": tf.__version__,
+                                              "runtime": self.runtime, "threads": self.threads,
+                                              "ops": self.ops})
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        self._invoke_ms = self.ops.get("__invoke__", self._invoke_ms)
 
     def _time(self, model: keras.Model) -> float:
         if self.runtime == "saved_model":
@@ -268,15 +288,25 @@ def _node_stages(graph: graph_lib.Graph) -> dict[int, int]:
 
 
 def _node_ms(graph: graph_lib.Graph, table: OpTimeTable) -> dict[int, float]:
+    """Each node's time as the export deploys it: a convolution + BatchNormalization pair
+    that `fold_batchnorm` folds is the convolution with a bias (the BatchNormalization costs
+    nothing), read off the unfolded graph instead of rebuilding it folded (building the
+    folded copy cost about as much as building the net)."""
+    folds = batchnorm_folds(graph)
+    by_index = {n.index: n for n in graph.nodes}
+    folded_into = {bn.index: by_index[conv] for conv, bn in folds.items()}
     producer = {k: n for n in graph.nodes for k in n.outputs}
     times = {}
     for node in graph.nodes:
         layer = node.layer
-        if not isinstance(layer, keras.layers.Layer) or isinstance(layer, _FREE):
+        if (not isinstance(layer, keras.layers.Layer) or isinstance(layer, _FREE)
+                or node.index in folded_into):
             times[node.index] = 0.0
             continue
         if _is_relu(layer) and len(node.inputs) == 1:
             source = producer.get(node.inputs[0])
+            if source is not None and source.index in folded_into:
+                source = folded_into[source.index]  # the convolution it folds into
             if (source is not None and isinstance(source.layer, _FUSING)
                     and len(graph.consumers(node.inputs[0])) == 1
                     and getattr(getattr(source.layer, "activation", None), "__name__",
@@ -284,7 +314,8 @@ def _node_ms(graph: graph_lib.Graph, table: OpTimeTable) -> dict[int, float]:
                 times[node.index] = 0.0  # fused into the op before it
                 continue
         shapes = [graph.tensors[k].shape[1:] for k in node.inputs]
-        times[node.index] = table.op_ms(layer, shapes)
+        overrides = {"use_bias": True} if node.index in folds else {}
+        times[node.index] = table.op_ms(layer, shapes, **overrides)
     return times
 
 
@@ -315,7 +346,7 @@ def exit_path_costs(net: keras.Model, cost: str = "flops",
     if table.runtime != cost:
         raise ValueError(f"cost={cost!r} needs an OpTimeTable of that runtime. Received: a "
                          f"table of runtime={table.runtime!r}")
-    graph = graph_lib.trace(fold_batchnorm(net), single_output=False)
+    graph = graph_lib.trace(net, single_output=False)
     stages = _node_stages(graph)
     times = _node_ms(graph, table)
     num_stages = len(graph.outputs) if len(graph.outputs) > 1 else 1

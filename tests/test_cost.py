@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import s2dnas_tf as s2d
-from s2dnas_tf import cost, rewriter
+from s2dnas_tf import cost, export, rewriter
 from s2dnas_tf import graph as graph_lib
 from s2dnas_tf.flops import count_flops
 
@@ -61,6 +61,25 @@ def test_each_op_is_measured_once_then_read_from_the_cache(tmp_path):
     assert other.ops == {}
 
 
+def test_tables_saved_side_by_side_merge_and_the_first_time_saved_wins(tmp_path):
+    """Two searches sharing one cache file: each save merges with what the other saved, so
+    neither loses the other's ops, and an op both measured keeps one time for everyone."""
+    a, b = _table(tmp_path), _table(tmp_path)
+    shared_a = a.op_ms(keras.layers.Conv2D(8, 3), [(8, 8, 3)])
+    a.op_ms(keras.layers.Conv2D(4, 3), [(8, 8, 3)])
+    b.op_ms(keras.layers.Conv2D(8, 3), [(8, 8, 3)])
+    b.ops[cost.op_signature(keras.layers.Conv2D(8, 3), [(8, 8, 3)])] = shared_a + 1.0
+    b.op_ms(keras.layers.Conv2D(2, 3), [(8, 8, 3)])
+    a.save()
+    b.save()
+    assert b.op_ms(keras.layers.Conv2D(8, 3), [(8, 8, 3)]) == shared_a  # a saved it first
+    again = _table(tmp_path)
+    for filters in (8, 4, 2):
+        again.op_ms(keras.layers.Conv2D(filters, 3), [(8, 8, 3)])
+    assert again.measured == 0
+    assert again.op_ms(keras.layers.Conv2D(8, 3), [(8, 8, 3)]) == shared_a
+
+
 def test_tflite_paths_add_the_stages_op_times_once_each(tmp_path):
     model = _tiny()
     net = s2d.transform(model, s2d.SearchSpace.from_model(model, num_stages=2).default_arch())
@@ -79,14 +98,29 @@ def test_tflite_paths_add_the_stages_op_times_once_each(tmp_path):
 
 def test_fused_and_free_layers_cost_nothing(tmp_path):
     table = _table(tmp_path)
-    graph = graph_lib.trace(cost.fold_batchnorm(_tiny()))
+    graph = graph_lib.trace(_tiny())
     times = {node.name: ms for node, ms in zip(
         graph.nodes, cost._node_ms(graph, table).values())}
-    assert "stem_bn" not in times  # folded into the stem's kernel
+    assert times["stem_bn"] == 0.0  # folded into the stem's kernel, as the export deploys it
     assert times["stem_relu"] == 0.0 and times["conv_relu"] == 0.0
     # Fused means never timed (a ReLU alone can time as ~0 after the invoke time anyway).
-    timed = {json.loads(key)["class"] for key in table.ops if key != "__invoke__"}
-    assert timed == {"Conv2D", "Add", "GlobalAveragePooling2D", "Dense"}, timed
+    timed = [json.loads(key) for key in table.ops if key != "__invoke__"]
+    assert {op["class"] for op in timed} == {"Conv2D", "Add", "GlobalAveragePooling2D",
+                                            "Dense"}, timed
+    # The stem is timed as the folded convolution: with a bias.
+    assert all(op["config"]["use_bias"] for op in timed if op["class"] == "Conv2D")
+
+
+def test_paths_are_read_off_the_unfolded_net_as_the_folded_one_deploys(tmp_path):
+    """The costs of a net and of its BatchNorm-folded copy (what the export deploys) are the
+    same ops, looked up under the same signatures: nothing new is measured the second time."""
+    model = _tiny()
+    net = s2d.transform(model, s2d.SearchSpace.from_model(model, num_stages=2).default_arch())
+    table = _table(tmp_path)
+    paths = cost.exit_path_costs(net, "tflite", table)
+    measured = table.measured
+    assert cost.exit_path_costs(export.fold_batchnorm(net), "tflite", table) == paths
+    assert table.measured == measured
 
 
 def test_saved_model_paths_time_tensorflow_calls_in_their_own_cache(tmp_path):

@@ -36,7 +36,7 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
         TypeError: If `model` is not a functional/Sequential keras.Model.
     """
     graph = graph_lib.trace(model, single_output=False)
-    folds = _batchnorm_folds(graph)
+    folds = batchnorm_folds(graph)
     folded_bns = {bn.index for bn in folds.values()}
 
     def step(node, inputs):
@@ -58,7 +58,7 @@ def fold_batchnorm(model: keras.Model) -> keras.Model:
     )
 
 
-def _batchnorm_folds(graph: graph_lib.Graph) -> dict[int, graph_lib.OpNode]:
+def batchnorm_folds(graph: graph_lib.Graph) -> dict[int, graph_lib.OpNode]:
     """Index of each foldable convolution node -> the BatchNormalization node after it."""
     folds = {}
     model_outputs = set(graph.outputs)
