@@ -13,12 +13,13 @@ from s2dnas_tf.models import build_model
 from tests import helpers
 
 # The full-size ResNet-56 and VGG16-BN repeat ResNet-20's and the every-layer model's
-# checks at full size: extended tier.
+# checks at full size, and MobileNetV2-CIFAR test_keras_applications' MobileNetV2 (the same
+# inverted-residual rules; 20-67 s per run): extended tier.
 ZOO = [
     "resnet20",
     pytest.param("resnet56", marks=[pytest.mark.slow, pytest.mark.extended]),
     pytest.param("vgg16_bn", marks=[pytest.mark.slow, pytest.mark.extended]),
-    "mobilenetv2_cifar",
+    pytest.param("mobilenetv2_cifar", marks=[pytest.mark.slow, pytest.mark.extended]),
 ]
 
 
