@@ -10,8 +10,8 @@ the cost's unit; `static_cost(model, cost)` the static model's.
 - `"tflite"`: each layer of the BatchNorm-folded net (`export.fold_batchnorm`, as the export
   deploys it; read off the unfolded net: a BatchNormalization that folds costs nothing, its
   convolution is timed with a bias) is timed alone: a one-layer Keras model of its
-  configuration and input shapes, converted to TFLite (built-in ops, XNNPACK) and invoked `repeats` times on one image, median
-  wall time, minus the time of invoking an empty model (`OpTimeTable.invoke_ms`, counted once
+  configuration and input shapes, converted to TFLite (built-in ops, XNNPACK) and invoked
+  `repeats` times on one image, median wall time, minus the time of invoking an empty model (`OpTimeTable.invoke_ms`, counted once
   per path). Layers the converter fuses into the layer before them cost nothing (a ReLU or
   ReLU6 after a convolution, dense layer or addition that nothing else reads), and so do
   layers that only reshape or pass data through (Flatten, Reshape, Dropout, Identity,
@@ -36,7 +36,6 @@ architectures), never an assertion of a test.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -55,6 +54,11 @@ from s2dnas_tf import conventions, fileio, rewriter
 from s2dnas_tf import graph as graph_lib
 from s2dnas_tf.export.folding import batchnorm_folds
 from s2dnas_tf.flops import count_flops
+
+try:  # POSIX: the op-time cache is merged under a file lock
+    import fcntl
+except ImportError:  # Windows: merged without one
+    fcntl = None
 
 __all__ = ["COSTS", "TIME_COSTS", "OpTimeTable", "exit_path_costs", "op_signature",
            "static_cost"]
@@ -218,7 +222,8 @@ class OpTimeTable:
         measured keeps the time saved first, so every later reader predicts the same."""
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         with open(self.path + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # read, merge and write as one step
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # read, merge and write as one step
             try:
                 self.ops.update(self._stored())
                 fileio.write_json(self.path, {"machine": self.machine,
@@ -226,7 +231,8 @@ class OpTimeTable:
                                               "runtime": self.runtime, "threads": self.threads,
                                               "ops": self.ops})
             finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
         self._invoke_ms = self.ops.get("__invoke__", self._invoke_ms)
 
     def _time(self, model: keras.Model) -> float:
